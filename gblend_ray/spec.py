@@ -1,0 +1,110 @@
+"""What a run is: the typed specification every layer reads.
+
+Plain dataclasses with documented defaults and no behaviour beyond small derived
+properties, so that the math, engine, orchestration and interface layers can all take
+a ``RunSpec`` without importing anything heavier than this module. Loading one from
+YAML, ``--set`` overrides and validation against a dataset live in ``config.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataSpec:
+    """Where the data is and how the train split is cut into T, V and T'."""
+
+    path: str = ""
+    """An on-disk dataset directory (``meta.yaml``, ``<modality>.npy``, ``labels.npy``)."""
+    preset: str | None = None
+    """A synthetic preset (``gblend make-synthetic --preset``) written to ``path`` on first use."""
+    preset_seed: int = 0
+    """The generator's seed for ``preset``; fixed per data set, independent of the run's seed."""
+    heldout_fraction: float = 0.1
+    """Share of the train split held out as V (paper: 8% Kinetics, 13% mini-AudioSet)."""
+    subset_size: int | None = None
+    """Size of T', the subset of T on which train loss is measured (default: |V|)."""
+    val_fraction: float = 0.1
+    """Used only when the dataset has no ``split.npy``."""
+    test_fraction: float = 0.2
+    """Used only when the dataset has no ``split.npy``."""
+
+
+@dataclass
+class ModelSpec:
+    """The multi-head network: one encoder per modality, a head each, the fused head."""
+
+    encoder: str = "mlp"
+    """Encoder registry name used for every modality unless ``encoders`` names one."""
+    encoders: dict[str, str] = field(default_factory=dict)
+    """Per-modality encoder overrides, e.g. ``{audio: mlp}``."""
+    hidden_dim: int = 128
+    feature_dim: int = 64
+    fusion: str = "concat"
+    """Fusion registry name (late concatenation, paper §3.1)."""
+    fusion_hidden_dim: int = 128
+    dropout: float = 0.0
+
+
+@dataclass
+class OptimSpec:
+    """Optimizer and learning-rate schedule, shared by the main run and every probe."""
+
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_schedule: str = "constant"
+    """``constant`` or ``cosine`` (over the run's epochs; probes continue it from their checkpoint)."""
+
+
+@dataclass
+class TrainSpec:
+    epochs: int = 30
+    batch_size: int = 64
+    eval_batch_size: int = 1024
+    device: str = "cpu"
+    threads: int | None = None
+    """torch intra-op threads; None leaves torch's default."""
+
+
+@dataclass
+class BlendSpec:
+    """Gradient-Blending settings (paper §2.3–2.4, DESIGN §2)."""
+
+    schedule: str = "online"
+    """``offline`` (Algorithm 2) or ``online`` (Algorithm 3)."""
+    warmup_epochs: int = 10
+    """Length of the first super-epoch in online G-Blend (paper: 10)."""
+    super_epoch: int = 5
+    """Length of every later super-epoch in online G-Blend (paper: 5)."""
+    probe_epochs: int | None = None
+    """Probe horizon n; default: the length of the super-epoch being estimated
+    (offline: the whole run)."""
+    metric: str = "loss"
+    """``loss`` or ``accuracy``: what G and O are measured in."""
+    eps: float = 1e-8
+    """Added to ΔO² so that a probe whose overfitting did not change gives a finite weight."""
+    safeguard: str = "head_train"
+    """What keeps the prediction head learning when its estimated weight is ~0:
+    ``head_train`` (its own parameters always train at full weight; the blend acts on the
+    encoders), ``floor`` (its weight is raised to ``floor``), or ``none``."""
+    floor: float = 0.2
+    """The prediction head's minimum weight under ``safeguard: floor``."""
+
+
+@dataclass
+class RunSpec:
+    """One experiment: a method trained on a dataset with a seed."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    blend: BlendSpec = field(default_factory=BlendSpec)
+    method: str = "gblend:online"
+    """``uni:<modality>``, ``naive``, ``aux``, ``gblend`` (schedule from ``blend.schedule``),
+    ``gblend:offline`` or ``gblend:online``."""
+    seed: int = 0
+    name: str | None = None
