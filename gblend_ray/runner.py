@@ -1,0 +1,203 @@
+"""The in-process runner: one whole run without Ray.
+
+It walks the method's plan (``plan.plan_segments``), runs each G-Blend round's probes
+one after another, and trains every segment with ``engine.train_epochs``. It is the
+reference the Ray engine is tested against (same seed and config → same weights) and
+the ``--inline`` mode. ``train_plan`` is the part the Ray worker loop shares: it walks
+the segments and asks a callback for each segment's weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import Dataset, Splits, load_dataset, make_splits
+from .engine import TensorData, evaluate, make_optimizer, train_epochs
+from .model import MultiHeadNet, build_model
+from .plan import FUSED, Method, Segment, fixed_weights, lr_at, parse_method, plan_segments
+from .probe import probe_seed, run_probe
+from .rounds import decide_round
+from .spec import RunSpec
+from .synthetic import generate_preset
+
+logger = logging.getLogger("gblend_ray.runner")
+
+
+@dataclass
+class RunData:
+    """The dataset cut into the tensors a run needs: T, T', V and test."""
+
+    dataset: Dataset
+    splits: Splits
+    train: TensorData
+    train_subset: TensorData
+    heldout: TensorData
+    test: TensorData
+
+
+def ensure_dataset(spec: RunSpec) -> Dataset:
+    """Load ``data.path``, first writing the synthetic preset there if one is named and
+    the directory does not exist yet."""
+    path = Path(spec.data.path)
+    if spec.data.preset and not (path / "meta.yaml").exists():
+        logger.info("writing synthetic preset %r to %s", spec.data.preset, path)
+        generate_preset(spec.data.preset, path, seed=spec.data.preset_seed)
+    return load_dataset(path)
+
+
+def prepare_data(spec: RunSpec, dataset: Dataset | None = None, device: str = "cpu") -> RunData:
+    dataset = dataset or ensure_dataset(spec)
+    d = spec.data
+    splits = make_splits(dataset, heldout_fraction=d.heldout_fraction, subset_size=d.subset_size,
+                         seed=spec.seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction)
+
+    def tensors(idx: np.ndarray) -> TensorData:
+        return TensorData.from_arrays(dataset.modalities, dataset.labels, idx, device)
+
+    return RunData(dataset, splits, tensors(splits.train), tensors(splits.train_subset),
+                   tensors(splits.heldout), tensors(splits.test))
+
+
+def new_model(spec: RunSpec, dataset: Dataset) -> MultiHeadNet:
+    """The run's initial model: the same parameters for the same seed, in every engine."""
+    torch.manual_seed(spec.seed)
+    return build_model(spec.model, dataset.shapes(), dataset.num_classes)
+
+
+def method_of(spec: RunSpec, dataset: Dataset) -> Method:
+    return parse_method(spec.method, list(dataset.modalities), default_schedule=spec.blend.schedule)
+
+
+def segments_of(spec: RunSpec, method: Method) -> list[Segment]:
+    b = spec.blend
+    return plan_segments(method, spec.train.epochs, b.warmup_epochs, b.super_epoch, b.probe_epochs)
+
+
+def lr_schedule(spec: RunSpec) -> Callable[[int], float]:
+    o = spec.optim
+    return lambda epoch: lr_at(epoch, o.lr, o.lr_schedule, spec.train.epochs)
+
+
+def trained_parameters(model: MultiHeadNet, method: Method) -> list[torch.nn.Parameter]:
+    """A uni-modal run owns only its branch; every other method trains the whole network."""
+    if method.kind == "uni":
+        return model.parameters_of(method.modality)
+    return list(model.parameters())
+
+
+def full_heads(spec: RunSpec, method: Method) -> tuple[str, ...]:
+    """Heads whose own parameters train at full weight (the ``head_train`` safeguard)."""
+    if method.kind == "gblend" and spec.blend.safeguard == "head_train":
+        return (FUSED,)
+    return ()
+
+
+def probe_round(spec: RunSpec, model: MultiHeadNet, data: RunData, segment: Segment,
+                method: Method, previous: dict[str, float] | None) -> tuple[dict[str, float], dict]:
+    """Algorithm 1 at ``segment.start``: every head's probe, one after another, then the
+    round's decision (weights and trajectory record)."""
+    results = {}
+    for index, head in enumerate(model.head_names):
+        results[head] = run_probe(
+            copy.deepcopy(model), head, train=data.train, train_subset=data.train_subset,
+            heldout=data.heldout, optim=spec.optim, epochs=segment.probe_epochs,
+            start_epoch=segment.start, seed=probe_seed(spec.seed, segment.start, index),
+            metric=spec.blend.metric, batch_size=spec.train.batch_size, lr_at=lr_schedule(spec),
+        )
+    return decide_round(
+        {h: r.measurement for h, r in results.items()}, spec.blend, epoch=segment.start,
+        probe_epochs=segment.probe_epochs, prediction_head=method.prediction_head, previous=previous,
+        probe_seconds={h: r.seconds for h, r in results.items()},
+    )
+
+
+def train_plan(
+    spec: RunSpec,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: TensorData,
+    method: Method,
+    segments: list[Segment],
+    weights_for: Callable[[Segment], dict[str, float]],
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_segment_end: Callable[[Segment, dict[str, float]], None] | None = None,
+) -> list[dict]:
+    """Train every segment under the weights ``weights_for`` gives it; return per-epoch
+    records. The in-process runner and the Ray worker loop both walk a run with this."""
+    history = []
+    for segment in segments:
+        weights = weights_for(segment)
+        records = train_epochs(
+            model, data, optimizer, weights, segment.epochs, start_epoch=segment.start,
+            batch_size=spec.train.batch_size, seed=spec.seed, lr_at=lr_schedule(spec),
+            full_heads=full_heads(spec, method), rank=rank, world_size=world_size, on_epoch=on_epoch,
+        )
+        history.extend({**r, **{f"weights/{h}": w for h, w in weights.items()}} for r in records)
+        if on_segment_end is not None:
+            on_segment_end(segment, weights)
+    return history
+
+
+def final_results(spec: RunSpec, model: MultiHeadNet, data: RunData, method: Method,
+                  trajectory: list[dict], history: list[dict], seconds: float) -> dict:
+    """``results.json``: every head's test metrics, the prediction head's under ``test``."""
+    heads = evaluate(model, data.test, batch_size=spec.train.eval_batch_size)
+    return {
+        "method": method.name,
+        "seed": spec.seed,
+        "prediction_head": method.prediction_head,
+        "test": heads[method.prediction_head],
+        "heads": heads,
+        "final_weights": trajectory[-1]["weights"] if trajectory else fixed_weights(method, model.modalities),
+        "splits": data.splits.sizes(),
+        "history": history,
+        "seconds": seconds,
+        "config": asdict(spec),
+    }
+
+
+def run_inline(spec: RunSpec, out_dir: str | Path | None = None, dataset: Dataset | None = None) -> dict:
+    """Run one experiment in this process; write ``results.json`` and ``trajectory.json``
+    to ``out_dir`` when given. Returns the results (with the trajectory under its key)."""
+    began = time.perf_counter()
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)
+    data = prepare_data(spec, dataset, spec.train.device)
+    method = method_of(spec, data.dataset)
+    model = new_model(spec, data.dataset).to(spec.train.device)
+    optimizer = make_optimizer(trained_parameters(model, method), spec.optim)
+    trajectory: list[dict] = []
+
+    def weights_for(segment: Segment) -> dict[str, float]:
+        if not segment.estimates:
+            return fixed_weights(method, model.modalities)
+        previous = trajectory[-1]["weights"] if trajectory else None
+        weights, record = probe_round(spec, model, data, segment, method, previous)
+        trajectory.append(record)
+        logger.info("epoch %d: weights %s", segment.start, {h: round(w, 3) for h, w in weights.items()})
+        return weights
+
+    history = train_plan(spec, model, optimizer, data.train, method, segments_of(spec, method), weights_for)
+    results = final_results(spec, model, data, method, trajectory, history, time.perf_counter() - began)
+    if out_dir is not None:
+        write_run(out_dir, results, trajectory)
+    return {**results, "trajectory": trajectory}
+
+
+def write_run(out_dir: str | Path, results: dict, trajectory: list[dict]) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False))
+    (out / "trajectory.json").write_text(json.dumps(trajectory, indent=2, allow_nan=False))

@@ -1,0 +1,17 @@
+import numpy as np
+import pytest
+
+from gblend_ray.data import save_dataset
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """Two modalities, 4 classes, 240 samples: 'video' informative, 'audio' noisy and wide."""
+    rng = np.random.default_rng(0)
+    n, c = 240, 4
+    labels = np.arange(n) % c
+    video = rng.standard_normal((c, 6))[labels] * 2 + rng.standard_normal((n, 6))
+    audio = rng.standard_normal((c, 32))[labels] * 0.3 + rng.standard_normal((n, 32))
+    split = np.array(["train"] * 160 + ["val"] * 20 + ["test"] * 60)
+    path = tmp_path_factory.mktemp("tiny") / "ds"
+    return save_dataset(path, {"video": video, "audio": audio}, labels, [f"c{i}" for i in range(c)], split=split)
