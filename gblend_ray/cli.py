@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -45,11 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_inline(spec, out_dir: Path) -> dict:
+def _run_inline(spec, out_dir: Path, dataset) -> dict:
     from .runner import run_inline
 
     dump_config(spec, Path(out_dir) / "config.yaml")
-    return run_inline(spec, out_dir)
+    return run_inline(spec, out_dir, dataset)
 
 
 def _load(args) -> tuple:
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             path = generate_preset(args.preset, args.out_dir, seed=args.seed)
             print(f"wrote {args.preset} (seed {args.seed}) to {path}")
         elif args.command == "run":
-            spec, _ = _load(args)
-            result = _run_inline(spec, Path(args.out))
+            spec, dataset = _load(args)
+            result = _run_inline(spec, Path(args.out), dataset)
             t = result["test"]
             print(f"{result['method']}: test top-1 {100 * t['top1']:.1f}%, top-5 {100 * t['top5']:.1f}%, "
                   f"loss {t['loss']:.3f}; wrote {args.out}/results.json and trajectory.json")
@@ -82,25 +83,18 @@ def main(argv: list[str] | None = None) -> int:
             spec, dataset = _load(args)
             methods = [m.strip() for m in args.methods.split(",") if m.strip()]
             for m in methods:
-                check_against_dataset(_with_method(spec, m), list(dataset.modalities))
+                check_against_dataset(dataclasses.replace(spec, method=m), list(dataset.modalities))
             began = time.perf_counter()
-            summary = compare(spec, methods, list(range(args.seeds)), args.out, _run_inline)
+            summary = compare(spec, methods, list(range(args.seeds)), args.out,
+                              lambda s, out: _run_inline(s, out, dataset))
             print()
             print(format_table(summary))
             print(f"\n{len(methods)} methods x {args.seeds} seeds in {time.perf_counter() - began:.0f} s; "
                   f"wrote {args.out}/summary.json")
-    except (ConfigError, DatasetError, ValueError) as err:
+    except (ConfigError, DatasetError, ValueError) as err:  # bad input: a message, not a traceback
         print(f"gblend: error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-def _with_method(spec, method: str):
-    import copy
-
-    s = copy.deepcopy(spec)
-    s.method = method
-    return s
 
 
 if __name__ == "__main__":

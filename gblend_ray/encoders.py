@@ -13,31 +13,18 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .registry import Registry
 from .spec import ModelSpec
 
 EncoderBuilder = Callable[[tuple[int, ...], ModelSpec], nn.Module]
 
-_REGISTRY: dict[str, EncoderBuilder] = {}
-
-
-def register_encoder(name: str) -> Callable[[EncoderBuilder], EncoderBuilder]:
-    def add(builder: EncoderBuilder) -> EncoderBuilder:
-        if name in _REGISTRY:
-            raise ValueError(f"encoder {name!r} is already registered")
-        _REGISTRY[name] = builder
-        return builder
-
-    return add
-
-
-def encoder_names() -> list[str]:
-    return sorted(_REGISTRY)
+_ENCODERS: Registry[EncoderBuilder] = Registry("encoder")
+register_encoder = _ENCODERS.register
+encoder_names = _ENCODERS.names
 
 
 def build_encoder(name: str, input_shape: tuple[int, ...], spec: ModelSpec) -> nn.Module:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown encoder {name!r}: registered encoders are {encoder_names()}")
-    encoder = _REGISTRY[name](tuple(input_shape), spec)
+    encoder = _ENCODERS.get(name)(tuple(input_shape), spec)
     if not isinstance(getattr(encoder, "feature_dim", None), int):
         raise TypeError(f"encoder builder {name!r} must set an int feature_dim on its module")
     return encoder

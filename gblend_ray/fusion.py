@@ -12,31 +12,18 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .registry import Registry
 from .spec import ModelSpec
 
 FusionBuilder = Callable[[dict[str, int], int, ModelSpec], nn.Module]
 
-_REGISTRY: dict[str, FusionBuilder] = {}
-
-
-def register_fusion(name: str) -> Callable[[FusionBuilder], FusionBuilder]:
-    def add(builder: FusionBuilder) -> FusionBuilder:
-        if name in _REGISTRY:
-            raise ValueError(f"fusion {name!r} is already registered")
-        _REGISTRY[name] = builder
-        return builder
-
-    return add
-
-
-def fusion_names() -> list[str]:
-    return sorted(_REGISTRY)
+_FUSIONS: Registry[FusionBuilder] = Registry("fusion")
+register_fusion = _FUSIONS.register
+fusion_names = _FUSIONS.names
 
 
 def build_fusion(name: str, feature_dims: dict[str, int], num_classes: int, spec: ModelSpec) -> nn.Module:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown fusion {name!r}: registered fusions are {fusion_names()}")
-    return _REGISTRY[name](dict(feature_dims), num_classes, spec)
+    return _FUSIONS.get(name)(dict(feature_dims), num_classes, spec)
 
 
 class ConcatFusion(nn.Module):

@@ -51,3 +51,10 @@ def test_parameters_of_each_head():
 def test_unknown_encoder_is_named():
     with pytest.raises(ValueError, match="unknown encoder 'transformer'"):
         build_model(ModelSpec(encoder="transformer"), SHAPES, 5)
+
+
+def test_registry_rejects_a_duplicate_name():
+    from gblend_ray.encoders import register_encoder
+
+    with pytest.raises(ValueError, match="encoder 'mlp' is already registered"):
+        register_encoder("mlp")(lambda shape, spec: None)
