@@ -66,6 +66,7 @@ SCHEDULES = ("offline", "online")
 METRICS = ("loss", "accuracy")
 OPTIMIZERS = ("sgd", "adam", "adagrad")
 LR_SCHEDULES = ("constant", "cosine")
+PROBE_MODES = ("tune", "inline")
 
 _NUMERIC_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -309,6 +310,11 @@ def _check_method(spec: RunSpec, modalities: list[str] | None) -> None:
         raise _error("method", msg[len("method "):] if msg.startswith("method ") else msg) from None
 
 
+def _check_resources(path: str, resources: dict) -> None:
+    for name, amount in resources.items():
+        _check_range(f"{path}.{name}", amount, "a number >= 0", _is_number(amount) and amount >= 0)
+
+
 def validate(spec: RunSpec) -> None:
     """Check every field of ``spec`` for type and range; raise ``ConfigError`` naming it.
 
@@ -375,6 +381,15 @@ def validate(spec: RunSpec) -> None:
     _check_choice("blend.safeguard", b.safeguard, SAFEGUARDS)
     _check_range("blend.floor", b.floor, "a number in [0, 1]",
                  _is_number(b.floor) and 0 <= b.floor <= 1)
+
+    tr = spec.trainer
+    _check_int_min("trainer.num_workers", tr.num_workers, 1)
+    _check_int_min("trainer.max_failures", tr.max_failures, -1)
+    _check_resources("trainer.resources_per_worker", tr.resources_per_worker)
+    p = spec.probes
+    _check_choice("probes.mode", p.mode, PROBE_MODES)
+    _check_resources("probes.resources", p.resources)
+    _check_int_min("probes.max_concurrent", p.max_concurrent, 1, optional=True)
 
     _check_method(spec, None)
     _check_int_min("seed", spec.seed, 0)

@@ -27,6 +27,12 @@ class ProbeResult:
     measurement: Measurement
     seconds: float
     """Compute time of the probe: measuring, training, measuring again."""
+    started: float = 0.0
+    ended: float = 0.0
+    """Wall-clock start and end (``time.time()``), to see probes overlap."""
+
+    def info(self) -> dict[str, float]:
+        return {"probe_seconds": self.seconds, "probe_started": self.started, "probe_ended": self.ended}
 
 
 def probe_seed(seed: int, epoch: int, head_index: int) -> int:
@@ -65,11 +71,11 @@ def run_probe(
     of the main run's kind; ``lr_at`` continues the main run's learning-rate schedule
     from ``start_epoch``.
     """
-    began = time.perf_counter()
+    began, started = time.perf_counter(), time.time()
     train_before, val_before = measure(model, head, train_subset, heldout, metric)
     optimizer = make_optimizer(model.parameters_of(head), optim)
     train_epochs(model, train, optimizer, {head: 1.0}, epochs, start_epoch=start_epoch,
                  batch_size=batch_size, seed=seed, lr_at=lr_at)
     train_after, val_after = measure(model, head, train_subset, heldout, metric)
     return ProbeResult(head, Measurement(train_before, val_before, train_after, val_after),
-                       time.perf_counter() - began)
+                       time.perf_counter() - began, started, time.time())

@@ -41,9 +41,12 @@ def decide_round(
     probe_epochs: int,
     prediction_head: str,
     previous: dict[str, float] | None = None,
-    probe_seconds: dict[str, float] | None = None,
+    probe_info: dict[str, dict] | None = None,
 ) -> tuple[dict[str, float], dict]:
-    """Return (weights for the next super-epoch, the round's trajectory record)."""
+    """Return (weights for the next super-epoch, the round's trajectory record).
+
+    ``probe_info`` adds per-head facts to the record (the probe's compute seconds, its
+    start and end times)."""
     if blend.safeguard not in SAFEGUARDS:
         raise ValueError(f"blend.safeguard must be one of {SAFEGUARDS}, got {blend.safeguard!r}")
     est = estimate(measurements, metric=blend.metric, eps=blend.eps, previous=previous)
@@ -75,7 +78,7 @@ def decide_round(
                 "ogr": _finite_or_none(ogr(m, blend.metric)),
                 "estimated_weight": est.weights[head],
                 "weight": weights[head],
-                **({"probe_seconds": probe_seconds[head]} if probe_seconds else {}),
+                **((probe_info or {}).get(head, {})),
             }
             for head, m in measurements.items()
         },

@@ -24,7 +24,7 @@ from .data import Dataset, Splits, load_dataset, make_splits
 from .engine import TensorData, evaluate, make_optimizer, train_epochs
 from .model import MultiHeadNet, build_model
 from .plan import FUSED, Method, Segment, fixed_weights, lr_at, parse_method, plan_segments
-from .probe import probe_seed, run_probe
+from .probe import ProbeResult, probe_seed, run_probe
 from .rounds import decide_round
 from .spec import RunSpec
 from .synthetic import generate_preset
@@ -101,22 +101,27 @@ def full_heads(spec: RunSpec, method: Method) -> tuple[str, ...]:
     return ()
 
 
-def probe_round(spec: RunSpec, model: MultiHeadNet, data: RunData, segment: Segment,
-                method: Method, previous: dict[str, float] | None) -> tuple[dict[str, float], dict]:
-    """Algorithm 1 at ``segment.start``: every head's probe, one after another, then the
-    round's decision (weights and trajectory record)."""
-    results = {}
-    for index, head in enumerate(model.head_names):
-        results[head] = run_probe(
+def run_probes(spec: RunSpec, model: MultiHeadNet, data: RunData, segment: Segment) -> dict[str, ProbeResult]:
+    """Algorithm 1 at ``segment.start``: every head's probe, one after another, each on
+    its own copy of ``model``."""
+    return {
+        head: run_probe(
             copy.deepcopy(model), head, train=data.train, train_subset=data.train_subset,
             heldout=data.heldout, optim=spec.optim, epochs=segment.probe_epochs,
             start_epoch=segment.start, seed=probe_seed(spec.seed, segment.start, index),
             metric=spec.blend.metric, batch_size=spec.train.batch_size, lr_at=lr_schedule(spec),
         )
+        for index, head in enumerate(model.head_names)
+    }
+
+
+def decide(spec: RunSpec, method: Method, segment: Segment, results: dict[str, ProbeResult],
+           previous: dict[str, float] | None) -> tuple[dict[str, float], dict]:
+    """The round's weights and trajectory record from its probes' results."""
     return decide_round(
         {h: r.measurement for h, r in results.items()}, spec.blend, epoch=segment.start,
         probe_epochs=segment.probe_epochs, prediction_head=method.prediction_head, previous=previous,
-        probe_seconds={h: r.seconds for h, r in results.items()},
+        probe_info={h: r.info() for h, r in results.items()},
     )
 
 
@@ -132,21 +137,24 @@ def train_plan(
     rank: int = 0,
     world_size: int = 1,
     on_epoch: Callable[[dict], None] | None = None,
-    on_segment_end: Callable[[Segment, dict[str, float]], None] | None = None,
 ) -> list[dict]:
     """Train every segment under the weights ``weights_for`` gives it; return per-epoch
     records. The in-process runner and the Ray worker loop both walk a run with this."""
-    history = []
+    history: list[dict] = []
     for segment in segments:
         weights = weights_for(segment)
-        records = train_epochs(
+        tag = {f"weights/{h}": w for h, w in weights.items()}
+
+        def note(record: dict, tag: dict = tag) -> None:
+            history.append({**record, **tag})
+            if on_epoch is not None:
+                on_epoch(history[-1])
+
+        train_epochs(
             model, data, optimizer, weights, segment.epochs, start_epoch=segment.start,
             batch_size=spec.train.batch_size, seed=spec.seed, lr_at=lr_schedule(spec),
-            full_heads=full_heads(spec, method), rank=rank, world_size=world_size, on_epoch=on_epoch,
+            full_heads=full_heads(spec, method), rank=rank, world_size=world_size, on_epoch=note,
         )
-        history.extend({**r, **{f"weights/{h}": w for h, w in weights.items()}} for r in records)
-        if on_segment_end is not None:
-            on_segment_end(segment, weights)
     return history
 
 
@@ -184,7 +192,7 @@ def run_inline(spec: RunSpec, out_dir: str | Path | None = None, dataset: Datase
         if not segment.estimates:
             return fixed_weights(method, model.modalities)
         previous = trajectory[-1]["weights"] if trajectory else None
-        weights, record = probe_round(spec, model, data, segment, method, previous)
+        weights, record = decide(spec, method, segment, run_probes(spec, model, data, segment), previous)
         trajectory.append(record)
         logger.info("epoch %d: weights %s", segment.start, {h: round(w, 3) for h, w in weights.items()})
         return weights

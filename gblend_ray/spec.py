@@ -95,6 +95,31 @@ class BlendSpec:
 
 
 @dataclass
+class TrainerSpec:
+    """The Ray Train side of a run (ignored by the in-process runner)."""
+
+    num_workers: int = 1
+    """DDP workers (``gloo`` on CPU, ``nccl`` with ``use_gpu``)."""
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
+    max_failures: int = 0
+    """Worker-group restarts allowed; each resumes from the last boundary checkpoint."""
+
+
+@dataclass
+class ProbesSpec:
+    """Where G-Blend's probes run in the Ray engine."""
+
+    mode: str = "tune"
+    """``tune``: concurrent Ray Tune trials; ``inline``: one after another inside rank 0
+    (a machine with a single GPU)."""
+    resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
+    """Resources of one probe trial."""
+    max_concurrent: int | None = None
+    """Probe trials running at once (default: one per head, k+1)."""
+
+
+@dataclass
 class RunSpec:
     """One experiment: a method trained on a dataset with a seed."""
 
@@ -103,6 +128,8 @@ class RunSpec:
     optim: OptimSpec = field(default_factory=OptimSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     blend: BlendSpec = field(default_factory=BlendSpec)
+    trainer: TrainerSpec = field(default_factory=TrainerSpec)
+    probes: ProbesSpec = field(default_factory=ProbesSpec)
     method: str = "gblend:online"
     """``uni:<modality>``, ``naive``, ``aux``, ``gblend`` (schedule from ``blend.schedule``),
     ``gblend:offline`` or ``gblend:online``."""

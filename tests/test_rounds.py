@@ -21,7 +21,7 @@ W_AUDIO = (0.1 / 0.36) / (20 + 0.1 / 0.36)
 
 def _decide(safeguard, **kw):
     return decide_round(STARVING, BlendSpec(safeguard=safeguard, eps=0.0, **kw), epoch=10,
-                        probe_epochs=5, prediction_head="fused", probe_seconds={"video": 1, "audio": 2, "fused": 3})
+                        probe_epochs=5, prediction_head="fused", probe_info={h: {"probe_seconds": i} for i, h in enumerate(STARVING, 1)})
 
 
 def test_starved_prediction_head_is_detected_and_recorded(caplog):

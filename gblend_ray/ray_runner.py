@@ -1,0 +1,73 @@
+"""One run on Ray: a coordinator actor, probe trials on Ray Tune, a Ray Train trainer.
+
+The same plan, engine and round decisions as the in-process runner (``runner.py``);
+with one worker, the same seed and config give the same trajectory.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import ray
+
+from .cluster import check_resources, connect, probe_resources, trainer_resources
+from .coordinator import Coordinator
+from .data import Dataset
+from .plan import heads_of
+from .probe_trials import load_state, run_trials
+from .runner import ensure_dataset, final_results, method_of, new_model, prepare_data, write_run
+from .spec import RunSpec
+from .trainer import build_trainer
+
+logger = logging.getLogger("gblend_ray.ray_runner")
+
+
+def probe_trial_count(spec: RunSpec, has_rounds: bool, num_heads: int) -> int:
+    """Long-lived probe trials for this run: one per head unless capped; none without
+    rounds or with ``probes.mode: inline``."""
+    if not has_rounds or spec.probes.mode == "inline":
+        return 0
+    return min(num_heads, spec.probes.max_concurrent or num_heads)
+
+
+def coordinator_name(run_dir: Path) -> str:
+    """Named after the run directory, so the run's workers (and a restarted one) find it."""
+    return f"gblend-{run_dir.name}-{hashlib.sha1(str(run_dir).encode()).hexdigest()[:8]}"
+
+
+def run_on_ray(spec: RunSpec, out_dir: str | Path, dataset: Dataset | None = None) -> dict:
+    """Train one run on the Ray cluster; write and return its results (with trajectory)."""
+    began = time.perf_counter()
+    dataset = dataset or ensure_dataset(spec)
+    method = method_of(spec, dataset)
+    heads = heads_of(list(dataset.modalities))
+    trials = probe_trial_count(spec, method.kind == "gblend", len(heads))
+    connect(cpus_wanted=trainer_resources(spec).get("CPU", 0) + probe_resources(spec, trials).get("CPU", 0))
+    check_resources(spec, trials)
+
+    run_dir = Path(out_dir).resolve()
+    name = coordinator_name(run_dir)
+    namespace = ray.get_runtime_context().namespace
+    coord = ray.remote(Coordinator).options(
+        name=name, namespace=namespace, get_if_exists=True, num_cpus=0, max_concurrency=4 * len(heads) + 16,
+    ).remote(spec, method, heads, str(run_dir))
+    if trials:
+        ray.get(coord.start_probes.remote(
+            functools.partial(run_trials, spec, name, namespace, trials, str(run_dir / "ray"))))
+    try:
+        result = build_trainer(spec, run_dir, name, namespace).fit()
+    finally:
+        trajectory = ray.get(coord.finish.remote())
+        ray.kill(coord)
+    with result.checkpoint.as_directory() as d:
+        state = load_state(d)
+    model = new_model(spec, dataset)
+    model.load_state_dict(state["model"])
+    results = final_results(spec, model, prepare_data(spec, dataset), method, trajectory, state["history"],
+                            time.perf_counter() - began)
+    write_run(run_dir, results, trajectory)
+    return {**results, "trajectory": trajectory}

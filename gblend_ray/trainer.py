@@ -1,0 +1,115 @@
+"""The Ray Train worker loop: DDP training of the multi-head network under G-Blend.
+
+Every rank walks the same plan with ``runner.train_plan`` (the engine's training loop,
+shard ``rank`` of each epoch). At a G-Blend boundary rank 0 writes the checkpoint
+(model, optimizer, epoch, weights, history, RNG) and every rank reports it to Ray Train
+(a barrier); rank 0 asks the coordinator for the round's weights and broadcasts them, so
+every rank trains the super-epoch under the same weights. A restarted worker group
+resumes from the last boundary checkpoint; the coordinator answers that boundary's
+round from its record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.collective  # explicit: the submodule is not imported by ray.train
+import torch
+from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from .engine import make_optimizer
+from .plan import Segment, fixed_weights
+from .probe_trials import STATE_FILE, load_state
+from .runner import (method_of, new_model, prepare_data, run_probes, segments_of, train_plan,
+                     trained_parameters)
+from .spec import RunSpec
+
+
+def _save(path: Path, model, optimizer, epoch: int, weights, history: list[dict]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+             "weights": weights, "history": history, "rng": torch.get_rng_state()}
+    tmp = path / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path / STATE_FILE)
+    return path
+
+
+def train_loop(config: dict) -> None:
+    spec: RunSpec = config["spec"]
+    run_dir = Path(config["run_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)
+    device = torch.device("cuda", torch.cuda.current_device()) if spec.trainer.use_gpu else torch.device("cpu")
+    data = prepare_data(spec, device=device)
+    method = method_of(spec, data.dataset)
+    model = new_model(spec, data.dataset).to(device)
+    optimizer = make_optimizer(trained_parameters(model, method), spec.optim)
+    coord = ray.get_actor(config["coordinator"], namespace=config["namespace"])
+
+    history: list[dict] = []
+    start = 0
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            state = load_state(d)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        history, start = state["history"], state["epoch"]
+    ddp = model
+    if world > 1:
+        # Heads with weight 0 are not computed, so some parameters get no gradient.
+        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
+    def report(epoch: int, weights, final: bool = False) -> Path:
+        """Every rank calls this equally often (``ray.train.report`` is a barrier)."""
+        where = run_dir / "checkpoints" / (f"epoch_{epoch:04d}" + ("_final" if final else ""))
+        ckpt = None
+        if rank == 0:
+            ckpt = Checkpoint.from_directory(str(_save(where, model, optimizer, epoch, weights, history)))
+        ray.train.report({"epoch": epoch, "final": final}, checkpoint=ckpt,
+                         checkpoint_dir_name=where.name)
+        return where
+
+    def weights_for(segment: Segment) -> dict[str, float]:
+        if not segment.estimates:
+            weights = fixed_weights(method, model.modalities)
+        else:
+            resumed_here = restored is not None and segment.start == start
+            where = (run_dir / "checkpoints" / f"epoch_{segment.start:04d}") if resumed_here else report(segment.start, None)
+            weights = None
+            if rank == 0:
+                inline = run_probes(spec, model, data, segment) if spec.probes.mode == "inline" else None
+                weights = ray.get(coord.round.remote(segment, str(where), inline))
+            weights = ray.train.collective.broadcast_from_rank_zero(weights)
+        ray.get(coord.record_training.remote(rank, segment.start, weights))
+        return weights
+
+    def on_epoch(record: dict) -> None:
+        history.append(record)
+
+    segments = [s for s in segments_of(spec, method) if s.start >= start]
+    train_plan(spec, ddp, optimizer, data.train, method, segments, weights_for, rank=rank, world_size=world,
+               on_epoch=on_epoch)
+    last = ray.get(coord.trajectory.remote())
+    report(spec.train.epochs, last[-1]["weights"] if last else fixed_weights(method, model.modalities), final=True)
+
+
+def build_trainer(spec: RunSpec, run_dir: Path, coordinator: str, namespace: str) -> TorchTrainer:
+    t = spec.trainer
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"spec": spec, "run_dir": str(run_dir), "coordinator": coordinator,
+                           "namespace": namespace},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker=dict(t.resources_per_worker)),
+        run_config=RunConfig(name="train", storage_path=str(run_dir / "ray"),
+                             failure_config=FailureConfig(max_failures=t.max_failures)),
+    )
+
