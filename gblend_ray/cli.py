@@ -46,11 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_inline(spec, out_dir: Path, dataset) -> dict:
-    from .runner import run_inline
-
+def _run(spec, out_dir: Path, dataset, inline: bool) -> dict:
+    """One run: in this process with ``--inline``, else on Ray (``RAY_ADDRESS`` or a local cluster)."""
     dump_config(spec, Path(out_dir) / "config.yaml")
-    return run_inline(spec, out_dir, dataset)
+    if inline:
+        from .runner import run_inline
+
+        return run_inline(spec, out_dir, dataset)
+    from .cluster import connect
+    from .ray_runner import cpus_for, run_on_ray
+
+    # A local cluster is started once, sized for the largest run (G-Blend's probe trials).
+    connect(cpus_wanted=cpus_for(spec, len(dataset.modalities) + 1))
+    return run_on_ray(spec, out_dir, dataset)
 
 
 def _load(args) -> tuple:
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.preset} (seed {args.seed}) to {path}")
         elif args.command == "run":
             spec, dataset = _load(args)
-            result = _run_inline(spec, Path(args.out), dataset)
+            result = _run(spec, Path(args.out), dataset, args.inline)
             t = result["test"]
             print(f"{result['method']}: test top-1 {100 * t['top1']:.1f}%, top-5 {100 * t['top5']:.1f}%, "
                   f"loss {t['loss']:.3f}; wrote {args.out}/results.json and trajectory.json")
@@ -86,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
                 check_against_dataset(dataclasses.replace(spec, method=m), list(dataset.modalities))
             began = time.perf_counter()
             summary = compare(spec, methods, list(range(args.seeds)), args.out,
-                              lambda s, out: _run_inline(s, out, dataset))
+                              lambda s, out: _run(s, out, dataset, args.inline))
             print()
             print(format_table(summary))
             print(f"\n{len(methods)} methods x {args.seeds} seeds in {time.perf_counter() - began:.0f} s; "
                   f"wrote {args.out}/summary.json")
-    except (ConfigError, DatasetError, ValueError) as err:  # bad input: a message, not a traceback
+    except (ConfigError, DatasetError, ValueError) as err:  # bad input (a ResourceError too): a message, not a traceback
         print(f"gblend: error: {err}", file=sys.stderr)
         return 2
     return 0

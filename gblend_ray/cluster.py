@@ -17,8 +17,8 @@ import ray
 from .spec import RunSpec
 
 
-class ResourceError(RuntimeError):
-    pass
+class ResourceError(ValueError):
+    """The run asks for more than the cluster has: a setting to change, not a crash."""
 
 
 def trainer_resources(spec: RunSpec) -> dict[str, float]:
@@ -47,6 +47,23 @@ def connect(cpus_wanted: float = 0.0) -> None:
         return
     cpus = max(os.cpu_count() or 1, math.ceil(cpus_wanted))
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+
+
+def probe_trials_that_fit(spec: RunSpec, wanted: int, available: dict[str, float] | None = None) -> int:
+    """How many of ``wanted`` long-lived probe trials fit beside the trainer workers.
+
+    The trials hold their resources for the whole run, so more of them than fit would
+    take what the trainer needs and the run would wait forever; fewer share the round's
+    probe queue and still finish every round."""
+    if wanted == 0:
+        return 0
+    have = dict(ray.cluster_resources() if available is None else available)
+    left = {k: have.get(k, 0.0) - v for k, v in trainer_resources(spec).items()}
+    fits = wanted
+    for k, per_trial in spec.probes.resources.items():
+        if per_trial > 0:
+            fits = min(fits, int((left.get(k, have.get(k, 0.0)) + 1e-9) // per_trial))
+    return max(fits, 0)
 
 
 def check_resources(spec: RunSpec, probe_trials: int, available: dict[str, float] | None = None) -> None:

@@ -102,10 +102,11 @@ class Coordinator:
             self._cond.wait(_POLL_S)
         return {h: self._results.pop((epoch, h)) for h in self.heads}
 
-    def record_training(self, rank: int, epoch: int, weights: dict[str, float]) -> None:
-        """Each rank says which weights it trains the segment at ``epoch`` with."""
+    def record_training(self, rank: int, epoch: int, weights: dict[str, float], pid: int | None = None) -> None:
+        """Each rank says which weights it trains the segment at ``epoch`` with (and from
+        which process, so a restarted worker group shows up)."""
         with self._cond:
-            self._trained.append({"rank": rank, "epoch": epoch, "weights": dict(weights)})
+            self._trained.append({"rank": rank, "epoch": epoch, "weights": dict(weights), "pid": pid})
             self._write("trained_weights.json", self._trained)
 
     def finish(self) -> list[dict]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import ray
 
-from .cluster import check_resources, connect, probe_resources, trainer_resources
+from .cluster import check_resources, connect, probe_resources, probe_trials_that_fit, trainer_resources
 from .coordinator import Coordinator
 from .data import Dataset
 from .plan import heads_of
@@ -34,6 +34,12 @@ def probe_trial_count(spec: RunSpec, has_rounds: bool, num_heads: int) -> int:
     return min(num_heads, spec.probes.max_concurrent or num_heads)
 
 
+def cpus_for(spec: RunSpec, num_heads: int) -> float:
+    """Logical CPUs a local cluster needs for this run with a probe trial per head."""
+    trials = probe_trial_count(spec, True, num_heads)
+    return trainer_resources(spec).get("CPU", 0.0) + probe_resources(spec, trials).get("CPU", 0.0)
+
+
 def coordinator_name(run_dir: Path) -> str:
     """Named after the run directory, so the run's workers (and a restarted one) find it."""
     return f"gblend-{run_dir.name}-{hashlib.sha1(str(run_dir).encode()).hexdigest()[:8]}"
@@ -45,9 +51,13 @@ def run_on_ray(spec: RunSpec, out_dir: str | Path, dataset: Dataset | None = Non
     dataset = dataset or ensure_dataset(spec)
     method = method_of(spec, dataset)
     heads = heads_of(list(dataset.modalities))
-    trials = probe_trial_count(spec, method.kind == "gblend", len(heads))
-    connect(cpus_wanted=trainer_resources(spec).get("CPU", 0) + probe_resources(spec, trials).get("CPU", 0))
-    check_resources(spec, trials)
+    wanted = probe_trial_count(spec, method.kind == "gblend", len(heads))
+    connect(cpus_wanted=cpus_for(spec, len(heads)))
+    check_resources(spec, wanted)
+    trials = probe_trials_that_fit(spec, wanted)
+    if trials < wanted:
+        logger.warning("room for %d of %d probe trials beside the trainer; a round's probes share them",
+                       trials, wanted)
 
     run_dir = Path(out_dir).resolve()
     name = coordinator_name(run_dir)

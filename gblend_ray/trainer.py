@@ -11,6 +11,7 @@ round from its record.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import ray
@@ -88,7 +89,7 @@ def train_loop(config: dict) -> None:
                 inline = run_probes(spec, model, data, segment) if spec.probes.mode == "inline" else None
                 weights = ray.get(coord.round.remote(segment, str(where), inline))
             weights = ray.train.collective.broadcast_from_rank_zero(weights)
-        ray.get(coord.record_training.remote(rank, segment.start, weights))
+        ray.get(coord.record_training.remote(rank, segment.start, weights, os.getpid()))
         return weights
 
     def on_epoch(record: dict) -> None:

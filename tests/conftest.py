@@ -15,3 +15,24 @@ def tiny_dataset(tmp_path_factory):
     split = np.array(["train"] * 160 + ["val"] * 20 + ["test"] * 60)
     path = tmp_path_factory.mktemp("tiny") / "ds"
     return save_dataset(path, {"video": video, "audio": audio}, labels, [f"c{i}" for i in range(c)], split=split)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole test session (starting one costs seconds).
+    Logical CPUs exceed the machine's cores so trainer workers and probe trials fit."""
+    import os
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def av_overfit(tmp_path_factory):
+    from gblend_ray.synthetic import generate_preset
+
+    return generate_preset("av-overfit", tmp_path_factory.mktemp("av") / "av-overfit", seed=0)

@@ -1,0 +1,132 @@
+"""The Ray engine end to end on the session's local cluster: Ray Train workers, probe
+trials on Ray Tune, the coordinator actor."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import yaml
+
+from gblend_ray.cli import main
+from gblend_ray.cluster import ResourceError, check_resources
+from gblend_ray.ray_runner import run_on_ray
+from gblend_ray.runner import run_inline
+from gblend_ray.spec import RunSpec
+
+
+def _spec(path, **train):
+    spec = RunSpec(method="gblend:online", seed=1)
+    spec.data.path = str(path)
+    spec.model.hidden_dim, spec.model.feature_dim, spec.model.fusion_hidden_dim = 32, 16, 32
+    spec.train.epochs, spec.train.batch_size, spec.train.threads = 8, 32, 1
+    spec.blend.warmup_epochs, spec.blend.super_epoch = 4, 2
+    for k, v in train.items():
+        setattr(spec.train, k, v)
+    return spec
+
+
+def test_one_worker_matches_the_in_process_runner_and_probes_overlap(ray_cluster, av_overfit, tmp_path):
+    spec = _spec(av_overfit)
+    on_ray = run_on_ray(spec, tmp_path / "ray")
+    inline = run_inline(spec)
+    assert [r["epoch"] for r in on_ray["trajectory"]] == [0, 4, 6]
+    for a, b in zip(on_ray["trajectory"], inline["trajectory"], strict=True):
+        assert a["weights"] == pytest.approx(b["weights"], abs=1e-6)
+    assert on_ray["test"]["top1"] == pytest.approx(inline["test"]["top1"], abs=1e-6)
+    saved = json.loads((tmp_path / "ray" / "trajectory.json").read_text())
+    assert [r["epoch"] for r in saved] == [0, 4, 6]
+    # the k+1 probes of a round ran at the same time: every probe started before any ended
+    for record in saved:
+        starts = [h["probe_started"] for h in record["heads"].values()]
+        ends = [h["probe_ended"] for h in record["heads"].values()]
+        assert max(starts) < min(ends), record["heads"]
+
+
+def test_two_worker_ddp_run_through_the_cli(ray_cluster, av_overfit, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"path": str(av_overfit)}, "method": "gblend:online",
+        "model": {"hidden_dim": 32, "feature_dim": 16, "fusion_hidden_dim": 32},
+        "train": {"epochs": 6, "batch_size": 32, "threads": 1},
+        "blend": {"warmup_epochs": 2, "super_epoch": 2},
+        "trainer": {"num_workers": 2}, "probes": {"resources": {"CPU": 0.5}},
+    }))
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    trajectory = json.loads((out / "trajectory.json").read_text())
+    assert [r["epoch"] for r in trajectory] == [0, 2, 4]
+    assert results["test"]["top1"] > 0.3  # 10 classes
+    trained = json.loads((out / "trained_weights.json").read_text())
+    for record in trajectory:
+        by_rank = {t["rank"]: t["weights"] for t in trained if t["epoch"] == record["epoch"]}
+        assert set(by_rank) == {0, 1}
+        assert by_rank[0] == by_rank[1] == record["weights"]
+
+
+def test_a_killed_worker_resumes_from_the_boundary(ray_cluster, av_overfit, tmp_path):
+    spec = _spec(av_overfit, epochs=12, batch_size=8)
+    spec.blend.warmup_epochs, spec.blend.super_epoch = 4, 4
+    spec.trainer.max_failures = 1
+    out = tmp_path / "run"
+    killed = {}
+
+    def kill_mid_super_epoch():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            try:
+                trained = json.loads((out / "trained_weights.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                trained = []
+            started = [t for t in trained if t["epoch"] == 4]
+            if started:
+                time.sleep(0.3)  # into the super-epoch that starts at epoch 4
+                os.kill(started[0]["pid"], signal.SIGKILL)
+                killed["pid"] = started[0]["pid"]
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_mid_super_epoch)
+    killer.start()
+    result = run_on_ray(spec, out)
+    killer.join()
+    assert killed, "the worker was never seen training the second super-epoch"
+    assert [r["epoch"] for r in result["trajectory"]] == [0, 4, 8]  # every boundary exactly once
+    trained = json.loads((out / "trained_weights.json").read_text())
+    at_4 = [t for t in trained if t["epoch"] == 4]
+    assert len(at_4) == 2 and at_4[0]["pid"] == killed["pid"] != at_4[1]["pid"]  # restarted, same weights
+    assert at_4[0]["weights"] == at_4[1]["weights"]
+    assert [h["epoch"] for h in result["history"]] == list(range(1, 13))
+
+
+def test_more_than_the_cluster_has_fails_at_once(ray_cluster, av_overfit, tmp_path):
+    spec = _spec(av_overfit)
+    spec.trainer.num_workers = 64
+    began = time.time()
+    with pytest.raises(ResourceError, match=r"needs 65 CPU.*cluster has 8 CPU.*trainer.num_workers"):
+        run_on_ray(spec, tmp_path / "too-big")
+    assert time.time() - began < 10
+
+
+def test_resource_check_counts_trainer_and_one_probe():
+    spec = RunSpec()
+    spec.trainer.num_workers = 2
+    spec.probes.resources = {"CPU": 0.5}
+    check_resources(spec, 3, available={"CPU": 2.5})
+    with pytest.raises(ResourceError, match="probes.mode=inline"):
+        check_resources(spec, 3, available={"CPU": 2.0})
+    spec.trainer.use_gpu = True
+    with pytest.raises(ResourceError, match="2 GPU"):
+        check_resources(spec, 0, available={"CPU": 8.0})
+
+
+def test_probe_trials_never_take_the_trainers_share():
+    from gblend_ray.cluster import probe_trials_that_fit
+
+    spec = RunSpec()  # 1 trainer worker x 1 CPU, 1 CPU per probe trial
+    assert probe_trials_that_fit(spec, 3, available={"CPU": 2.0}) == 1
+    assert probe_trials_that_fit(spec, 3, available={"CPU": 8.0}) == 3
+    spec.probes.resources = {"CPU": 0.5}
+    assert probe_trials_that_fit(spec, 3, available={"CPU": 2.0}) == 2
