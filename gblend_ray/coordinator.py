@@ -102,11 +102,14 @@ class Coordinator:
             self._cond.wait(_POLL_S)
         return {h: self._results.pop((epoch, h)) for h in self.heads}
 
-    def record_training(self, rank: int, epoch: int, weights: dict[str, float], pid: int | None = None) -> None:
-        """Each rank says which weights it trains the segment at ``epoch`` with (and from
-        which process, so a restarted worker group shows up)."""
+    def record_training(self, rank: int, epoch: int, weights: dict[str, float], pid: int | None = None,
+                        boundary_seconds: float | None = None) -> None:
+        """Each rank says which weights it trains the segment at ``epoch`` with, from which
+        process (a restarted worker group shows up) and how long the boundary took it
+        (checkpoint, round, broadcast)."""
         with self._cond:
-            self._trained.append({"rank": rank, "epoch": epoch, "weights": dict(weights), "pid": pid})
+            self._trained.append({"rank": rank, "epoch": epoch, "weights": dict(weights), "pid": pid,
+                                  "boundary_seconds": boundary_seconds})
             self._write("trained_weights.json", self._trained)
 
     def finish(self) -> list[dict]:

@@ -12,6 +12,7 @@ round from its record.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import ray
@@ -79,6 +80,7 @@ def train_loop(config: dict) -> None:
         return where
 
     def weights_for(segment: Segment) -> dict[str, float]:
+        began = time.perf_counter()
         if not segment.estimates:
             weights = fixed_weights(method, model.modalities)
         else:
@@ -89,7 +91,8 @@ def train_loop(config: dict) -> None:
                 inline = run_probes(spec, model, data, segment) if spec.probes.mode == "inline" else None
                 weights = ray.get(coord.round.remote(segment, str(where), inline))
             weights = ray.train.collective.broadcast_from_rank_zero(weights)
-        ray.get(coord.record_training.remote(rank, segment.start, weights, os.getpid()))
+        ray.get(coord.record_training.remote(rank, segment.start, weights, os.getpid(),
+                                             time.perf_counter() - began))
         return weights
 
     def on_epoch(record: dict) -> None:
