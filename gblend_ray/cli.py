@@ -2,6 +2,8 @@
 
     gblend run CONFIG.yaml --out DIR [--inline] [--set key=value ...]
     gblend compare CONFIG.yaml --methods uni:video,naive,gblend:online --seeds 3 --out DIR
+    gblend sweep SPACE.yaml --out DIR [--resume] [--set key=value ...]
+    gblend report DIR
     gblend make-synthetic OUT_DIR --preset av-overfit --seed 0
 """
 
@@ -14,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, check_against_dataset, dump_config, load_config
+from .config import ConfigError, check_against_dataset, load_config
 from .data import DatasetError
 
 METHODS_DEFAULT = "uni:video,uni:audio,naive,aux,gblend:offline,gblend:online"
@@ -39,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--inline", action="store_true", help="run in this process, without Ray")
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    swp = sub.add_parser("sweep", help="a Ray Tune sweep of whole runs over a search space")
+    swp.add_argument("space", help="a run config with a sweep: section")
+    swp.add_argument("--out", required=True)
+    swp.add_argument("--resume", action="store_true", help="continue an interrupted sweep in DIR")
+    swp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    rep = sub.add_parser("report", help="report.md, report.csv and plots for a run, compare or sweep directory")
+    rep.add_argument("dir")
+
     syn = sub.add_parser("make-synthetic", help="write a synthetic benchmark dataset")
     syn.add_argument("out_dir")
     syn.add_argument("--preset", default="av-overfit")
@@ -48,17 +59,47 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(spec, out_dir: Path, dataset, inline: bool) -> dict:
     """One run: in this process with ``--inline``, else on Ray (``RAY_ADDRESS`` or a local cluster)."""
-    dump_config(spec, Path(out_dir) / "config.yaml")
+    from .experiment import prepare
+
+    spec, observer = prepare(spec, out_dir)
     if inline:
         from .runner import run_inline
 
-        return run_inline(spec, out_dir, dataset)
+        return run_inline(spec, out_dir, dataset, observer)
     from .cluster import connect
     from .ray_runner import cpus_for, run_on_ray
 
     # A local cluster is started once, sized for the largest run (G-Blend's probe trials).
     connect(cpus_wanted=cpus_for(spec, len(dataset.modalities) + 1))
-    return run_on_ray(spec, out_dir, dataset)
+    return run_on_ray(spec, out_dir, dataset, observer)
+
+
+def _sweep(args) -> None:
+    import functools
+
+    from .cluster import connect
+    from .config import load_config_with_sweep, spec_to_dict
+    from .experiment import prepare_trial
+    from .ray_runner import cpus_for
+    from .runner import ensure_dataset
+    from .sweep import SweepError, run_sweep
+
+    base, sweep = load_config_with_sweep(args.space, args.overrides)
+    if not sweep:
+        raise SweepError(f"{args.space}: no sweep: section; add one (see gblend_ray/sweep.py) or use gblend run")
+    dataset = ensure_dataset(base)  # generate a preset once, before trials race to it
+    out = Path(args.out).resolve()
+    engine = sweep.get("engine", "ray")
+    per_trial = cpus_for(base, len(dataset.modalities) + 1) if engine == "ray" else 1.0
+    concurrent = sweep.get("max_concurrent_trials") or 2
+    connect(cpus_wanted=per_trial * concurrent)
+    rows = run_sweep({**sweep, "max_concurrent_trials": concurrent},
+                     functools.partial(prepare_trial, base=spec_to_dict(base), group=out.name),
+                     out, cpus_per_trial=per_trial, resume=args.resume)
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(f"\n{len(rows)} trials: {len(rows) - len(failed)} ok, {len(failed)} failed; wrote {out}/sweep.json")
+    for r in failed:
+        print(f"  FAILED {r['run_dir']}: {r['error']}")
 
 
 def _load(args) -> tuple:
@@ -85,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
             t = result["test"]
             print(f"{result['method']}: test top-1 {100 * t['top1']:.1f}%, top-5 {100 * t['top5']:.1f}%, "
                   f"loss {t['loss']:.3f}; wrote {args.out}/results.json and trajectory.json")
+        elif args.command == "sweep":
+            _sweep(args)
+        elif args.command == "report":
+            from .report import write_report
+
+            written = write_report(args.dir)
+            print(f"wrote {written['md']}, {written['csv']} and {len(written['plots'])} plot(s)")
         elif args.command == "compare":
             from .compare import compare, format_table
 

@@ -67,6 +67,7 @@ METRICS = ("loss", "accuracy")
 OPTIMIZERS = ("sgd", "adam", "adagrad")
 LR_SCHEDULES = ("constant", "cosine")
 PROBE_MODES = ("tune", "inline")
+TRACKING_BACKENDS = ("wandb", "none")
 
 _NUMERIC_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -391,6 +392,11 @@ def validate(spec: RunSpec) -> None:
     _check_resources("probes.resources", p.resources)
     _check_int_min("probes.max_concurrent", p.max_concurrent, 1, optional=True)
 
+    _check_choice("tracking.backend", spec.tracking.backend, TRACKING_BACKENDS)
+    _check_nonempty("tracking.project", spec.tracking.project)
+    if spec.tracking.mode is not None:
+        _check_choice("tracking.mode", spec.tracking.mode, ("online", "offline", "disabled"))
+
     _check_method(spec, None)
     _check_int_min("seed", spec.seed, 0)
     if spec.name is not None:
@@ -400,6 +406,12 @@ def validate(spec: RunSpec) -> None:
 def check_against_dataset(spec: RunSpec, modalities: list[str]) -> None:
     """Check the parts of ``spec`` that depend on the dataset's modalities."""
     modalities = list(modalities)
+    for name in spec.data.modalities or ():
+        if name not in modalities:
+            raise _error("data.modalities",
+                         f"the dataset has no modality {name!r}; its modalities are {', '.join(modalities)}")
+    if spec.data.modalities:
+        modalities = list(spec.data.modalities)
     _check_method(spec, modalities)
     for name in spec.model.encoders:
         if name not in modalities:

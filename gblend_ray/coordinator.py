@@ -66,15 +66,16 @@ class Coordinator:
     # ---------------------------------------------------------------- trainer side
 
     def round(self, segment: Segment, checkpoint_dir: str,
-              results: dict[str, ProbeResult] | None = None) -> dict[str, float]:
-        """The weights for ``segment``: recorded ones if this round already ran, else run
-        it (on the probe trials, or from ``results`` that rank 0 computed inline)."""
+              results: dict[str, ProbeResult] | None = None) -> dict:
+        """The round for ``segment``: ``{"weights", "record", "replayed"}``. A round that
+        already ran is answered from its record (``replayed``); otherwise it runs, on the
+        probe trials or from ``results`` that rank 0 computed inline."""
         began = time.perf_counter()
         with self._cond:
             for record in self._trajectory:
                 if record["epoch"] == segment.start:
                     logger.info("round at epoch %d already recorded; returning its weights", segment.start)
-                    return dict(record["weights"])
+                    return {"weights": dict(record["weights"]), "record": dict(record), "replayed": True}
             if results is None:
                 for index, head in enumerate(self.heads):
                     self._queue.append(ProbeTask(segment.start, head, index, segment.probe_epochs, checkpoint_dir))
@@ -91,7 +92,7 @@ class Coordinator:
             self._write("trajectory.json", self._trajectory)
         logger.info("round at epoch %d: weights %s (%.2f s)", segment.start,
                     {h: round(w, 3) for h, w in weights.items()}, record["round_seconds"])
-        return weights
+        return {"weights": weights, "record": record, "replayed": False}
 
     def _wait_for(self, epoch: int) -> dict[str, ProbeResult]:
         keys = [(epoch, h) for h in self.heads]

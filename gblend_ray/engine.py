@@ -161,3 +161,26 @@ def evaluate(model: nn.Module, data: TensorData, heads: Sequence[str] | None = N
     finally:
         model.train(was_training)
     return {h: {k: v / len(data) for k, v in s.items()} for h, s in sums.items()}
+
+
+@torch.no_grad()
+def per_class_top1(model: nn.Module, data: TensorData, num_classes: int,
+                   batch_size: int = 1024) -> dict[str, list[float | None]]:
+    """Top-1 accuracy of each head on each class (None for a class absent from ``data``):
+    what the report's per-class gains and losses (the paper's Fig. 6) are made of."""
+    was_training = model.training
+    model.eval()
+    hits: dict[str, torch.Tensor] = {}
+    counts = torch.zeros(num_classes)
+    try:
+        for start in range(0, len(data), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(data)))
+            inputs, targets = data.take(index)
+            counts += torch.bincount(targets.cpu(), minlength=num_classes).float()
+            for head, out in model(inputs).items():
+                right = (out.argmax(dim=1) == targets).float().cpu()
+                hits[head] = hits.get(head, torch.zeros(num_classes)) + torch.bincount(
+                    targets.cpu(), weights=right, minlength=num_classes)
+    finally:
+        model.train(was_training)
+    return {h: [float(x / n) if n > 0 else None for x, n in zip(v, counts)] for h, v in hits.items()}

@@ -19,7 +19,7 @@ from .coordinator import Coordinator
 from .data import Dataset
 from .plan import heads_of
 from .probe_trials import load_state, run_trials
-from .runner import ensure_dataset, final_results, method_of, new_model, prepare_data, write_run
+from .runner import RunObserver, ensure_dataset, method_of, select_modalities, write_run
 from .spec import RunSpec
 from .trainer import build_trainer
 
@@ -45,10 +45,12 @@ def coordinator_name(run_dir: Path) -> str:
     return f"gblend-{run_dir.name}-{hashlib.sha1(str(run_dir).encode()).hexdigest()[:8]}"
 
 
-def run_on_ray(spec: RunSpec, out_dir: str | Path, dataset: Dataset | None = None) -> dict:
-    """Train one run on the Ray cluster; write and return its results (with trajectory)."""
+def run_on_ray(spec: RunSpec, out_dir: str | Path, dataset: Dataset | None = None,
+               observer: RunObserver | None = None) -> dict:
+    """Train one run on the Ray cluster; write and return its results (with trajectory).
+    ``observer`` goes to rank 0, which trains, measures the test split and tells it."""
     began = time.perf_counter()
-    dataset = dataset or ensure_dataset(spec)
+    dataset = select_modalities(dataset or ensure_dataset(spec), spec.data.modalities)
     method = method_of(spec, dataset)
     heads = heads_of(list(dataset.modalities))
     wanted = probe_trial_count(spec, method.kind == "gblend", len(heads))
@@ -69,15 +71,12 @@ def run_on_ray(spec: RunSpec, out_dir: str | Path, dataset: Dataset | None = Non
         ray.get(coord.start_probes.remote(
             functools.partial(run_trials, spec, name, namespace, trials, str(run_dir / "ray"))))
     try:
-        result = build_trainer(spec, run_dir, name, namespace).fit()
+        result = build_trainer(spec, run_dir, name, namespace, observer).fit()
     finally:
         trajectory = ray.get(coord.finish.remote())
         ray.kill(coord)
     with result.checkpoint.as_directory() as d:
-        state = load_state(d)
-    model = new_model(spec, dataset)
-    model.load_state_dict(state["model"])
-    results = final_results(spec, model, prepare_data(spec, dataset), method, trajectory, state["history"],
-                            time.perf_counter() - began)
+        results = load_state(d)["results"]
+    results["seconds"] = time.perf_counter() - began
     write_run(run_dir, results, trajectory)
     return {**results, "trajectory": trajectory}

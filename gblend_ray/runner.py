@@ -10,18 +10,20 @@ the segments and asks a callback for each segment's weights.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Protocol
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .data import Dataset, Splits, load_dataset, make_splits
-from .engine import TensorData, evaluate, make_optimizer, train_epochs
+from .engine import TensorData, evaluate, make_optimizer, per_class_top1, train_epochs
 from .model import MultiHeadNet, build_model
 from .plan import FUSED, Method, Segment, fixed_weights, lr_at, parse_method, plan_segments
 from .probe import ProbeResult, probe_seed, run_probe
@@ -30,6 +32,15 @@ from .spec import RunSpec
 from .synthetic import generate_preset
 
 logger = logging.getLogger("gblend_ray.runner")
+
+
+class RunObserver(Protocol):
+    """What a run tells the outside (tracking, progress): called on the process that
+    trains (rank 0 on Ray). Implemented in the interfaces layer (``tracking.RunTracker``)."""
+
+    def on_epoch(self, record: dict) -> None: ...
+    def on_round(self, record: dict) -> None: ...
+    def on_end(self, results: dict) -> None: ...
 
 
 @dataclass
@@ -46,16 +57,26 @@ class RunData:
 
 def ensure_dataset(spec: RunSpec) -> Dataset:
     """Load ``data.path``, first writing the synthetic preset there if one is named and
-    the directory does not exist yet."""
+    the directory does not exist yet; keep the modalities ``data.modalities`` names."""
     path = Path(spec.data.path)
     if spec.data.preset and not (path / "meta.yaml").exists():
         logger.info("writing synthetic preset %r to %s", spec.data.preset, path)
         generate_preset(spec.data.preset, path, seed=spec.data.preset_seed)
-    return load_dataset(path)
+    return select_modalities(load_dataset(path), spec.data.modalities)
+
+
+def select_modalities(dataset: Dataset, modalities: list[str] | None) -> Dataset:
+    if not modalities:
+        return dataset
+    missing = [m for m in modalities if m not in dataset.modalities]
+    if missing:
+        raise ValueError(f"data.modalities names {missing}, which the dataset at {dataset.path} lacks; "
+                         f"its modalities are {list(dataset.modalities)}")
+    return dataclasses.replace(dataset, modalities={m: dataset.modalities[m] for m in modalities})
 
 
 def prepare_data(spec: RunSpec, dataset: Dataset | None = None, device: str = "cpu") -> RunData:
-    dataset = dataset or ensure_dataset(spec)
+    dataset = select_modalities(dataset or ensure_dataset(spec), spec.data.modalities)
     d = spec.data
     splits = make_splits(dataset, heldout_fraction=d.heldout_fraction, subset_size=d.subset_size,
                          seed=spec.seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction)
@@ -74,6 +95,7 @@ def new_model(spec: RunSpec, dataset: Dataset) -> MultiHeadNet:
 
 
 def method_of(spec: RunSpec, dataset: Dataset) -> Method:
+    dataset = select_modalities(dataset, spec.data.modalities)
     return parse_method(spec.method, list(dataset.modalities), default_schedule=spec.blend.schedule)
 
 
@@ -137,16 +159,18 @@ def train_plan(
     rank: int = 0,
     world_size: int = 1,
     on_epoch: Callable[[dict], None] | None = None,
+    monitor: Callable[[], dict] | None = None,
 ) -> list[dict]:
     """Train every segment under the weights ``weights_for`` gives it; return per-epoch
-    records. The in-process runner and the Ray worker loop both walk a run with this."""
+    records (with ``monitor()``'s measurements merged in, when given). The in-process
+    runner and the Ray worker loop both walk a run with this."""
     history: list[dict] = []
     for segment in segments:
         weights = weights_for(segment)
         tag = {f"weights/{h}": w for h, w in weights.items()}
 
         def note(record: dict, tag: dict = tag) -> None:
-            history.append({**record, **tag})
+            history.append({**record, **tag, **(monitor() if monitor is not None else {})})
             if on_epoch is not None:
                 on_epoch(history[-1])
 
@@ -156,6 +180,16 @@ def train_plan(
             full_heads=full_heads(spec, method), rank=rank, world_size=world_size, on_epoch=note,
         )
     return history
+
+
+def epoch_metrics(model: MultiHeadNet, data: RunData) -> dict[str, float]:
+    """Every head's loss and top-1 on T' (``train/``) and V (``val/``): the per-epoch
+    train and validation curves (the paper's Fig. 4)."""
+    out = {}
+    for split, part in (("train", data.train_subset), ("val", data.heldout)):
+        for head, m in evaluate(model, part).items():
+            out[f"{split}/{head}/loss"], out[f"{split}/{head}/top1"] = m["loss"], m["top1"]
+    return out
 
 
 def final_results(spec: RunSpec, model: MultiHeadNet, data: RunData, method: Method,
@@ -168,6 +202,9 @@ def final_results(spec: RunSpec, model: MultiHeadNet, data: RunData, method: Met
         "prediction_head": method.prediction_head,
         "test": heads[method.prediction_head],
         "heads": heads,
+        "classes": list(data.dataset.classes),
+        "per_class": (per_class_top1(model, data.test, data.dataset.num_classes)
+                      if data.dataset.task == "multiclass" else None),
         "final_weights": trajectory[-1]["weights"] if trajectory else fixed_weights(method, model.modalities),
         "splits": data.splits.sizes(),
         "history": history,
@@ -176,7 +213,8 @@ def final_results(spec: RunSpec, model: MultiHeadNet, data: RunData, method: Met
     }
 
 
-def run_inline(spec: RunSpec, out_dir: str | Path | None = None, dataset: Dataset | None = None) -> dict:
+def run_inline(spec: RunSpec, out_dir: str | Path | None = None, dataset: Dataset | None = None,
+               observer: RunObserver | None = None) -> dict:
     """Run one experiment in this process; write ``results.json`` and ``trajectory.json``
     to ``out_dir`` when given. Returns the results (with the trajectory under its key)."""
     began = time.perf_counter()
@@ -194,11 +232,17 @@ def run_inline(spec: RunSpec, out_dir: str | Path | None = None, dataset: Datase
         previous = trajectory[-1]["weights"] if trajectory else None
         weights, record = decide(spec, method, segment, run_probes(spec, model, data, segment), previous)
         trajectory.append(record)
+        if observer is not None:
+            observer.on_round(record)
         logger.info("epoch %d: weights %s", segment.start, {h: round(w, 3) for h, w in weights.items()})
         return weights
 
-    history = train_plan(spec, model, optimizer, data.train, method, segments_of(spec, method), weights_for)
+    history = train_plan(spec, model, optimizer, data.train, method, segments_of(spec, method), weights_for,
+                         monitor=lambda: epoch_metrics(model, data),
+                         on_epoch=observer.on_epoch if observer is not None else None)
     results = final_results(spec, model, data, method, trajectory, history, time.perf_counter() - began)
+    if observer is not None:
+        observer.on_end(results)
     if out_dir is not None:
         write_run(out_dir, results, trajectory)
     return {**results, "trajectory": trajectory}

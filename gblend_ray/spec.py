@@ -17,6 +17,9 @@ class DataSpec:
 
     path: str = ""
     """An on-disk dataset directory (``meta.yaml``, ``<modality>.npy``, ``labels.npy``)."""
+    modalities: list[str] | None = None
+    """Train on these of the dataset's modalities only (default: all), e.g. for the
+    modality ablation."""
     preset: str | None = None
     """A synthetic preset (``gblend make-synthetic --preset``) written to ``path`` on first use."""
     preset_seed: int = 0
@@ -120,6 +123,20 @@ class ProbesSpec:
 
 
 @dataclass
+class TrackingSpec:
+    """Where a run's progress goes besides the run directory's local mirror
+    (``metrics.jsonl``, ``rounds.jsonl``, ``rounds.csv``), which is always written."""
+
+    backend: str = "wandb"
+    """``wandb`` or ``none``."""
+    project: str = "gblend_ray"
+    group: str | None = None
+    """Runs of one sweep share a group (set by ``gblend sweep``)."""
+    mode: str | None = None
+    """W&B mode; default ``online`` if an API key is configured, else ``offline``."""
+
+
+@dataclass
 class RunSpec:
     """One experiment: a method trained on a dataset with a seed."""
 
@@ -130,6 +147,7 @@ class RunSpec:
     blend: BlendSpec = field(default_factory=BlendSpec)
     trainer: TrainerSpec = field(default_factory=TrainerSpec)
     probes: ProbesSpec = field(default_factory=ProbesSpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
     method: str = "gblend:online"
     """``uni:<modality>``, ``naive``, ``aux``, ``gblend`` (schedule from ``blend.schedule``),
     ``gblend:offline`` or ``gblend:online``."""

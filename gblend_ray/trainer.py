@@ -25,15 +25,15 @@ from ray.train.torch import TorchTrainer
 from .engine import make_optimizer
 from .plan import Segment, fixed_weights
 from .probe_trials import STATE_FILE, load_state
-from .runner import (method_of, new_model, prepare_data, run_probes, segments_of, train_plan,
+from .runner import (epoch_metrics, final_results, method_of, new_model, prepare_data, run_probes, segments_of, train_plan,
                      trained_parameters)
 from .spec import RunSpec
 
 
-def _save(path: Path, model, optimizer, epoch: int, weights, history: list[dict]) -> Path:
+def _save(path: Path, model, optimizer, epoch: int, weights, history: list[dict], results: dict | None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-             "weights": weights, "history": history, "rng": torch.get_rng_state()}
+             "weights": weights, "history": history, "rng": torch.get_rng_state(), "results": results}
     tmp = path / (STATE_FILE + ".tmp")
     torch.save(state, tmp)
     tmp.replace(path / STATE_FILE)
@@ -53,6 +53,8 @@ def train_loop(config: dict) -> None:
     model = new_model(spec, data.dataset).to(device)
     optimizer = make_optimizer(trained_parameters(model, method), spec.optim)
     coord = ray.get_actor(config["coordinator"], namespace=config["namespace"])
+    observer = config["observer"] if rank == 0 else None
+    began = time.perf_counter()
 
     history: list[dict] = []
     start = 0
@@ -69,12 +71,12 @@ def train_loop(config: dict) -> None:
         # Heads with weight 0 are not computed, so some parameters get no gradient.
         ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
-    def report(epoch: int, weights, final: bool = False) -> Path:
+    def report(epoch: int, weights, final: bool = False, results: dict | None = None) -> Path:
         """Every rank calls this equally often (``ray.train.report`` is a barrier)."""
         where = run_dir / "checkpoints" / (f"epoch_{epoch:04d}" + ("_final" if final else ""))
         ckpt = None
         if rank == 0:
-            ckpt = Checkpoint.from_directory(str(_save(where, model, optimizer, epoch, weights, history)))
+            ckpt = Checkpoint.from_directory(str(_save(where, model, optimizer, epoch, weights, history, results)))
         ray.train.report({"epoch": epoch, "final": final}, checkpoint=ckpt,
                          checkpoint_dir_name=where.name)
         return where
@@ -89,7 +91,10 @@ def train_loop(config: dict) -> None:
             weights = None
             if rank == 0:
                 inline = run_probes(spec, model, data, segment) if spec.probes.mode == "inline" else None
-                weights = ray.get(coord.round.remote(segment, str(where), inline))
+                answer = ray.get(coord.round.remote(segment, str(where), inline))
+                if observer is not None and not answer["replayed"]:
+                    observer.on_round(answer["record"])
+                weights = answer["weights"]
             weights = ray.train.collective.broadcast_from_rank_zero(weights)
         ray.get(coord.record_training.remote(rank, segment.start, weights, os.getpid(),
                                              time.perf_counter() - began))
@@ -97,20 +102,30 @@ def train_loop(config: dict) -> None:
 
     def on_epoch(record: dict) -> None:
         history.append(record)
+        if observer is not None:
+            observer.on_epoch(record)
 
     segments = [s for s in segments_of(spec, method) if s.start >= start]
+    # Rank 0 measures the curves on the unwrapped model: a forward through DDP on one
+    # rank alone would leave DDP's gradient reducer waiting for the others.
     train_plan(spec, ddp, optimizer, data.train, method, segments, weights_for, rank=rank, world_size=world,
-               on_epoch=on_epoch)
-    last = ray.get(coord.trajectory.remote())
-    report(spec.train.epochs, last[-1]["weights"] if last else fixed_weights(method, model.modalities), final=True)
+               on_epoch=on_epoch, monitor=(lambda: epoch_metrics(model, data)) if rank == 0 else None)
+    trajectory = ray.get(coord.trajectory.remote())
+    results = None
+    if rank == 0:
+        results = final_results(spec, model, data, method, trajectory, history, time.perf_counter() - began)
+        if observer is not None:
+            observer.on_end(results)
+    report(spec.train.epochs, trajectory[-1]["weights"] if trajectory else fixed_weights(method, model.modalities),
+           final=True, results=results)
 
 
-def build_trainer(spec: RunSpec, run_dir: Path, coordinator: str, namespace: str) -> TorchTrainer:
+def build_trainer(spec: RunSpec, run_dir: Path, coordinator: str, namespace: str, observer=None) -> TorchTrainer:
     t = spec.trainer
     return TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec, "run_dir": str(run_dir), "coordinator": coordinator,
-                           "namespace": namespace},
+                           "namespace": namespace, "observer": observer},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=dict(t.resources_per_worker)),
         run_config=RunConfig(name="train", storage_path=str(run_dir / "ray"),

@@ -27,10 +27,11 @@ def _result(head):
 def test_round_from_inline_results_is_recorded_once(tmp_path):
     coord = _coord(tmp_path)
     seg = Segment(0, 10, 10)
-    w = coord.round(seg, "ckpt", {h: _result(h) for h in HEADS})
-    assert sum(w.values()) == pytest.approx(1.0) and w["video"] > w["audio"]
+    first = coord.round(seg, "ckpt", {h: _result(h) for h in HEADS})
+    w = first["weights"]
+    assert sum(w.values()) == pytest.approx(1.0) and w["video"] > w["audio"] and not first["replayed"]
     again = coord.round(seg, "ckpt", None)  # a restarted worker asks again: no probes, same weights
-    assert again == w
+    assert again["weights"] == w and again["replayed"]
     saved = json.loads((tmp_path / "trajectory.json").read_text())
     assert [r["epoch"] for r in saved] == [0]
     assert saved[0]["heads"]["audio"]["probe_started"] == 100.0
@@ -39,7 +40,7 @@ def test_round_from_inline_results_is_recorded_once(tmp_path):
 def test_round_dispatches_tasks_to_probe_slots(tmp_path):
     coord = _coord(tmp_path)
     answer = {}
-    t = threading.Thread(target=lambda: answer.update(coord.round(Segment(10, 5, 5), "ck")))
+    t = threading.Thread(target=lambda: answer.update(coord.round(Segment(10, 5, 5), "ck")["weights"]))
     t.start()
     tasks = [coord.next_task(slot, wait_s=5) for slot in range(3)]
     assert {task.head for task in tasks} == set(HEADS) and all(task.checkpoint_dir == "ck" for task in tasks)

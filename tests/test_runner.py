@@ -88,3 +88,25 @@ def test_without_safeguard_the_fused_head_never_trains(tiny_dataset, monkeypatch
     assert res["trajectory"][0]["prediction_head_starved"] is True
     assert res["trajectory"][0]["safeguard"] is None
     assert all(torch.equal(initial[k], final[k]) for k in initial)
+
+
+def test_a_modality_subset_trains_only_those_heads(tiny_dataset):
+    spec = _spec(tiny_dataset, "gblend:offline")
+    spec.data.modalities = ["video"]
+    res = runner.run_inline(spec)
+    assert set(res["heads"]) == {"video", "fused"}
+    assert set(res["trajectory"][0]["weights"]) == {"video", "fused"}
+    spec.data.modalities = ["depth"]
+    with pytest.raises(ValueError, match="depth"):
+        runner.run_inline(spec)
+
+
+def test_history_has_every_heads_curves_and_results_per_class(tiny_dataset):
+    res = runner.run_inline(_spec(tiny_dataset, "naive"))
+    first = res["history"][0]
+    for head in ("video", "audio", "fused"):
+        assert 0.0 <= first[f"val/{head}/top1"] <= 1.0 and first[f"train/{head}/loss"] > 0
+    per_class = res["per_class"]["fused"]
+    assert len(per_class) == 4
+    # the test split has 15 samples of each of the 4 classes: the mean of per-class accuracy is top-1
+    assert sum(per_class) / 4 == pytest.approx(res["test"]["top1"])
