@@ -43,10 +43,10 @@ def connect(cpus_wanted: float = 0.0) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        ray.init(address=os.environ["RAY_ADDRESS"])
         return
     cpus = max(os.cpu_count() or 1, math.ceil(cpus_wanted))
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=cpus, include_dashboard=False)
 
 
 def probe_trials_that_fit(spec: RunSpec, wanted: int, available: dict[str, float] | None = None) -> int:
