@@ -10,10 +10,11 @@ The prediction head must learn (DESIGN §2). When its estimated weight falls bel
 fused probe can end with a higher validation loss while its accuracy rose), the round
 is marked ``prediction_head_starved`` and logged, and the configured safeguard acts:
 
-- ``head_train`` (default): the prediction head's own parameters always train at full
-  weight on detached features, whatever its blend weight; the weights the blend puts
-  on the encoders are left as estimated.
-- ``floor``: its weight is raised to ``floor`` and the others scaled to keep the sum 1.
+- ``floor`` (default): its weight is raised to ``floor`` and the others scaled to keep
+  the sum 1 (whenever it is below ``floor``, starved or not).
+- ``head_train``: the prediction head's own parameters always train at full weight on
+  detached features, whatever its blend weight; the weights the blend puts on the
+  encoders are left as estimated.
 - ``none``: nothing; a starved fused head stays untrained (for ablations only).
 """
 

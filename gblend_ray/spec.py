@@ -89,11 +89,12 @@ class BlendSpec:
     """``loss`` or ``accuracy``: what G and O are measured in."""
     eps: float = 1e-8
     """Added to ΔO² so that a probe whose overfitting did not change gives a finite weight."""
-    safeguard: str = "head_train"
-    """What keeps the prediction head learning when its estimated weight is ~0:
-    ``head_train`` (its own parameters always train at full weight; the blend acts on the
-    encoders), ``floor`` (its weight is raised to ``floor``), or ``none``."""
-    floor: float = 0.2
+    safeguard: str = "floor"
+    """What keeps the prediction head learning when its estimated weight is low:
+    ``floor`` (its weight is raised to ``floor``), ``head_train`` (its own parameters
+    always train at full weight; the blend acts on the encoders), or ``none``. The default
+    was chosen by measurement (README, "The prediction head must learn")."""
+    floor: float = 0.3
     """The prediction head's minimum weight under ``safeguard: floor``."""
 
 
