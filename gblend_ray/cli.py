@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -88,18 +89,39 @@ def _sweep(args) -> None:
     if not sweep:
         raise SweepError(f"{args.space}: no sweep: section; add one (see gblend_ray/sweep.py) or use gblend run")
     dataset = ensure_dataset(base)  # generate a preset once, before trials race to it
+    _check_trials(base, sweep, list(dataset.modalities), args.space)
     out = Path(args.out).resolve()
     engine = sweep.get("engine", "ray")
     per_trial = cpus_for(base, len(dataset.modalities) + 1) if engine == "ray" else 1.0
-    concurrent = sweep.get("max_concurrent_trials") or 2
-    connect(cpus_wanted=per_trial * concurrent)
-    rows = run_sweep({**sweep, "max_concurrent_trials": concurrent},
-                     functools.partial(prepare_trial, base=spec_to_dict(base), group=out.name),
+    # A local cluster we start holds two runs at once; a given cluster (RAY_ADDRESS) holds
+    # what its resources allow, unless the space says max_concurrent_trials.
+    connect(cpus_wanted=per_trial * (sweep.get("max_concurrent_trials") or 2))
+    rows = run_sweep(sweep, functools.partial(prepare_trial, base=spec_to_dict(base), group=out.name),
                      out, cpus_per_trial=per_trial, resume=args.resume)
     failed = [r for r in rows if r["status"] == "failed"]
     print(f"\n{len(rows)} trials: {len(rows) - len(failed)} ok, {len(failed)} failed; wrote {out}/sweep.json")
     for r in failed:
         print(f"  FAILED {r['run_dir']}: {r['error']}")
+
+
+def _check_trials(base, sweep: dict, modalities: list[str], source: str) -> None:
+    """Every trial's config must load before the first one starts: a bad key or method in
+    the space is one clear error now, not a sweep of failed trials."""
+    import itertools
+
+    from .config import apply_overrides, spec_from_dict, spec_to_dict
+
+    grid = sweep.get("grid") or {}
+    keys = list(grid)
+    for case in sweep.get("cases") or [{}]:
+        for values in itertools.product(*(grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys)):
+            overrides = {**case, **dict(zip(keys, values))}
+            items = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+            try:
+                spec = spec_from_dict(apply_overrides(spec_to_dict(base), items))
+                check_against_dataset(spec, modalities)
+            except ConfigError as err:
+                raise ConfigError(f"{source}: sweep trial {overrides}: {err}") from None
 
 
 def _load(args) -> tuple:

@@ -90,3 +90,11 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_clus
     assert sorted(r["overrides"]["seed"] for r in rows) == [0, 1, 2, 3] and all(r["status"] == "ok" for r in rows)
     for path, mtime in finished.items():
         assert path.stat().st_mtime_ns == mtime  # not run again
+
+
+def test_a_bad_trial_in_the_space_is_caught_before_any_trial_runs(av_overfit, tmp_path, capsys):
+    space = _space(tmp_path, av_overfit, {"grid": {"method": ["naive", "uni:depth"], "seed": [0, 1]}})
+    assert main(["sweep", str(space), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "uni:depth" in err and "method" in err and "video" in err
+    assert not (tmp_path / "s").exists()
