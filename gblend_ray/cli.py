@@ -85,9 +85,11 @@ def _sweep(args) -> None:
     from .runner import ensure_dataset
     from .sweep import SweepError, run_sweep
 
-    base, sweep = load_config_with_sweep(args.space, args.overrides)
+    sweep_sets = [o for o in args.overrides if o.startswith("sweep.")]
+    base, sweep = load_config_with_sweep(args.space, [o for o in args.overrides if not o.startswith("sweep.")])
     if not sweep:
         raise SweepError(f"{args.space}: no sweep: section; add one (see gblend_ray/sweep.py) or use gblend run")
+    sweep = _set_sweep_keys(sweep, sweep_sets)
     dataset = ensure_dataset(base)  # generate a preset once, before trials race to it
     _check_trials(base, sweep, list(dataset.modalities), args.space)
     out = Path(args.out).resolve()
@@ -102,6 +104,27 @@ def _sweep(args) -> None:
     print(f"\n{len(rows)} trials: {len(rows) - len(failed)} ok, {len(failed)} failed; wrote {out}/sweep.json")
     for r in failed:
         print(f"  FAILED {r['run_dir']}: {r['error']}")
+
+
+def _set_sweep_keys(sweep: dict, overrides: list[str]) -> dict:
+    """``--set sweep.a.b=value`` on the space's sweep section (values parsed as YAML)."""
+    import copy
+
+    import yaml
+
+    sweep = copy.deepcopy(sweep)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r}: expected the form sweep.key=value")
+        *path, last = key.split(".")[1:]
+        node = sweep
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section of sweep")
+        node[last] = yaml.safe_load(value)
+    return sweep
 
 
 def _check_trials(base, sweep: dict, modalities: list[str], source: str) -> None:

@@ -36,8 +36,10 @@ def probe_trial(config: dict, spec: RunSpec, coordinator: str, namespace: str) -
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
     coord = ray.get_actor(coordinator, namespace=namespace)
-    data = prepare_data(spec, device=spec.train.device)
-    template = new_model(spec, data.dataset)
+    # A probe trial holds the resources in probes.resources: a GPU only if it asked for one.
+    device = "cuda" if spec.probes.resources.get("GPU", 0) > 0 else "cpu"
+    data = prepare_data(spec, device=device)
+    template = new_model(spec, data.dataset).to(device)
     done = 0
     while True:
         task = ray.get(coord.next_task.remote(slot))
@@ -45,7 +47,7 @@ def probe_trial(config: dict, spec: RunSpec, coordinator: str, namespace: str) -
             return
         if task == "idle":
             continue
-        model = template.to(spec.train.device)
+        model = template
         model.load_state_dict(load_state(task.checkpoint_dir)["model"])
         result = run_probe(
             model, task.head, train=data.train, train_subset=data.train_subset, heldout=data.heldout,

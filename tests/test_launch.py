@@ -1,7 +1,7 @@
 """Cluster-launch files: launch/cluster.yaml, launch/rayjob.yaml and launch/submit.sh.
 
 The end-to-end test starts its own Ray cluster with `ray start --head` (separate temp dir,
-ports and processes), submits a 2-trial sweep to it with launch/submit.sh, and stops
+ports and processes), submits the quickstart sweep (shrunk with --set) to it with launch/submit.sh, and stops
 exactly that cluster afterwards. It never runs `ray stop`: that kills every Ray process
 of the user on the machine, which would take down the session's `ray_cluster` fixture
 (started by `ray.init()` in this pytest process) and any other Ray on the machine.
@@ -223,19 +223,13 @@ def _wait_for_dashboard(url: str, timeout: float) -> None:
         time.sleep(1)
 
 
-def _space(tmp_path: Path, data: Path) -> Path:
-    """quickstart's run config with tiny settings and a 2-trial inline sweep."""
-    config = yaml.safe_load((REPO / "search_spaces" / "quickstart.yaml").read_text())
-    config.pop("sweep")
-    config["data"]["path"] = str(data)
+def _quickstart_overrides(data: Path) -> list[str]:
+    """The quickstart sweep itself, shrunk for a test: every method, one seed, tiny runs,
+    each trial trained in its Tune trial's process."""
+    sets = [f"data.path={data}", "tracking.backend=none", "sweep.engine=inline", "sweep.grid.seed=[0]"]
     for section, values in TINY.items():
-        config[section] = {**config.get(section, {}), **values}
-    config["tracking"] = {"backend": "none"}
-    config["sweep"] = {"grid": {"method": ["naive", "uni:video"]}, "engine": "inline",
-                       "max_concurrent_trials": 2}
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+        sets += [f"{section}.{k}={v}" for k, v in values.items()]
+    return [x for s in sets for x in ("--set", s)]
 
 
 @pytest.mark.timeout(300)
@@ -246,7 +240,6 @@ def test_submit_sh_runs_a_sweep_on_a_cluster_started_with_ray_start(tmp_path):
     data = tmp_path / "av-overfit"
     subprocess.run([sys.executable, "-m", "gblend_ray.cli", "make-synthetic", str(data), "--preset", "av-overfit"],
                    env=_env(), check=True, capture_output=True, timeout=120)
-    space = _space(tmp_path, data)
     out = tmp_path / "sweep"
 
     # Unix socket paths (under the temp dir's session dir) must stay short: not under tmp_path.
@@ -272,7 +265,8 @@ def test_submit_sh_runs_a_sweep_on_a_cluster_started_with_ray_start(tmp_path):
         assert (Path(temp_dir) / "ray_current_cluster").read_text().startswith("127.0.0.1:")
         _wait_for_dashboard(url, timeout=60)
 
-        submit = subprocess.Popen([str(SUBMIT), str(space), str(out)], env=_env(RAY_ADDRESS=url),
+        submit = subprocess.Popen([str(SUBMIT), str(REPO / "search_spaces" / "quickstart.yaml"), str(out),
+                                   *_quickstart_overrides(data)], env=_env(RAY_ADDRESS=url),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   start_new_session=True, cwd=tmp_path)
         try:
@@ -285,7 +279,8 @@ def test_submit_sh_runs_a_sweep_on_a_cluster_started_with_ray_start(tmp_path):
         assert "succeeded" in output, output[-6000:]
 
         rows = json.loads((out / "sweep.json").read_text())
-        assert sorted(r["overrides"]["method"] for r in rows) == ["naive", "uni:video"]
+        quickstart = yaml.safe_load((REPO / "search_spaces" / "quickstart.yaml").read_text())
+        assert sorted(r["overrides"]["method"] for r in rows) == sorted(quickstart["sweep"]["grid"]["method"])
         assert all(r["status"] == "ok" for r in rows), rows
         for r in rows:
             run_dir = Path(r["run_dir"])
