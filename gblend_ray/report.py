@@ -22,6 +22,7 @@ reporting must work on a machine that holds the results but not torch or Ray.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -52,6 +53,8 @@ class RunRecord:
     results: dict | None
     trajectory: list[dict] = field(default_factory=list)
     error: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    """The run's config, flattened to dotted keys."""
 
     @property
     def ok(self) -> bool:
@@ -70,59 +73,30 @@ def _is_gblend(method: str) -> bool:
 # --------------------------------------------------------------------------- reading
 
 
-def _yaml_scalar(text: str) -> Any:
-    """A plain YAML scalar as ``yaml.safe_dump`` writes one (enough for method, seed, names)."""
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    if text in ("", "~", "null", "Null", "NULL"):
-        return None
-    if re.fullmatch(r"[-+]?\d+", text):
-        return int(text)
-    return text
-
-
 def _read_config_yaml(path: Path) -> dict:
-    """``method``, ``seed`` and ``data.modalities`` from a run's ``config.yaml``.
+    """A run's ``config.yaml`` (what a failed run leaves besides its error), or {}."""
+    import yaml
 
-    A deliberately small reader (top-level scalars, and the one nested list we need) so that
-    reporting needs no YAML library; the file is the block-style YAML ``dump_config`` writes.
-    """
-    out: dict[str, Any] = {}
     try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return out
-    section = None
-    i = 0
-    while i < len(lines):
-        line = lines[i].split(" #", 1)[0].rstrip()
-        i += 1
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        indent = len(line) - len(line.lstrip())
-        key, sep, value = line.strip().partition(":")
-        if not sep:
-            continue
-        if indent == 0:
-            section = key
-            if value.strip():
-                out[key] = _yaml_scalar(value)
-        elif section == "data" and key == "modalities":
-            value = value.strip()
-            if value.startswith("["):
-                out["modalities"] = [_yaml_scalar(v) for v in value.strip("[]").split(",") if v.strip()]
-            elif value:
-                out["modalities"] = _yaml_scalar(value)
-            else:
-                items = []
-                # Block list: "- name" lines at this key's indent or deeper.
-                while i < len(lines) and lines[i].strip().startswith("- ") and (
-                        len(lines[i]) - len(lines[i].lstrip())) >= indent:
-                    items.append(_yaml_scalar(lines[i].strip()[2:]))
-                    i += 1
-                out["modalities"] = items
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
     return out
+
+
+# What tells runs of one table row apart without making them different rows.
+_NOT_SETTINGS = ("seed", "method", "name", "data.modalities", "data.path", "data.preset", "tracking.")
 
 
 def _load_run(path: Path) -> RunRecord | None:
@@ -150,13 +124,10 @@ def _load_run(path: Path) -> RunRecord | None:
     if results is None and error is None:
         return None
 
-    cfg_yaml = _read_config_yaml(path / "config.yaml")
-    cfg = (results or {}).get("config") or {}
-    method = (results or {}).get("method") or cfg.get("method") or cfg_yaml.get("method") or "unknown"
-    seed = (results or {}).get("seed", cfg.get("seed", cfg_yaml.get("seed")))
-    mods = (cfg.get("data") or {}).get("modalities") if results is not None else None
-    if mods is None:
-        mods = cfg_yaml.get("modalities")
+    cfg = (results or {}).get("config") or _read_config_yaml(path / "config.yaml")
+    method = (results or {}).get("method") or cfg.get("method") or "unknown"
+    seed = (results or {}).get("seed", cfg.get("seed"))
+    mods = (cfg.get("data") or {}).get("modalities")
     if isinstance(mods, str):
         mods = [mods]
 
@@ -170,7 +141,7 @@ def _load_run(path: Path) -> RunRecord | None:
             trajectory = []  # the table does not need it; only the weight plot loses a run
     return RunRecord(path=path, method=str(method), modalities=tuple(str(m) for m in (mods or ())),
                      seed=seed if isinstance(seed, int) else None, results=results,
-                     trajectory=trajectory, error=error)
+                     trajectory=trajectory, error=error, config=_flatten(cfg))
 
 
 def find_runs(root: str | Path) -> list[RunRecord]:
@@ -197,6 +168,15 @@ def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 
 
+def _setting(run: RunRecord, runs: list[RunRecord]) -> str:
+    """The config values that vary across ``runs`` (other than seed, method and
+    modalities), as ``key=value, ...``: runs that differ there are different rows (an
+    optimizer or a fusion sweep)."""
+    keys = {k for r in runs for k in r.config if not k.startswith(_NOT_SETTINGS)}
+    varying = sorted(k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1)
+    return ", ".join(f"{k}={run.config.get(k)}" for k in varying)
+
+
 def summarize(runs: list[RunRecord]) -> list[dict]:
     """One row per (method, modalities), in table order (uni-modal, naive, aux, others, G-Blend).
 
@@ -206,12 +186,12 @@ def summarize(runs: list[RunRecord]) -> list[dict]:
     the ok seeds, heads in the results' order), ``failed_seeds``, ``failed_paths``,
     ``errors`` (first line of each failure). With no ok run the numbers are None.
     """
-    groups: dict[tuple[str, tuple[str, ...]], list[RunRecord]] = {}
+    groups: dict[tuple, list[RunRecord]] = {}
     for run in runs:
-        groups.setdefault((run.method, run.modalities), []).append(run)
+        groups.setdefault((run.method, run.modalities, _setting(run, runs)), []).append(run)
 
     rows = []
-    for (method, mods), members in groups.items():
+    for (method, mods, setting), members in groups.items():
         ok = [r for r in members if r.ok]
         failed = [r for r in members if not r.ok]
         top1 = [float(r.results["test"]["top1"]) for r in ok]
@@ -226,6 +206,7 @@ def summarize(runs: list[RunRecord]) -> list[dict]:
         rows.append({
             "method": method,
             "modalities": mods,
+            "setting": setting,
             "n_ok": len(ok),
             "n_failed": len(failed),
             "mean": float(np.mean(top1)) if top1 else None,
@@ -489,29 +470,34 @@ def write_report(root: str | Path, out: str | Path | None = None) -> dict[str, P
     out = Path(out) if out is not None else root
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs)
-    by_group: dict[tuple[str, tuple[str, ...]], list[RunRecord]] = {}
+    by_group: dict[tuple, list[RunRecord]] = {}
     for r in runs:
         if r.ok:
-            by_group.setdefault((r.method, r.modalities), []).append(r)
+            by_group.setdefault((r.method, r.modalities, _setting(r, runs)), []).append(r)
+
+    def label(key: tuple) -> str:
+        return _label(key[0], key[1]) + (f" [{key[2]}]" if key[2] else "")
+
+    def slug(key: tuple) -> str:
+        return _slug(key[0], key[1]) + ("__" + hashlib.sha1(key[2].encode()).hexdigest()[:6] if key[2] else "")
 
     # ---- plots
     plots: list[Path] = []
     sections: list[tuple[str, Path, str]] = []  # (title, image, text under it)
     for row in rows:
-        key = (row["method"], row["modalities"])
+        key = (row["method"], row["modalities"], row["setting"])
         ok_runs = by_group.get(key, [])
         if not ok_runs:
             continue
-        label, slug = _label(*key), _slug(*key)
         if _is_gblend(row["method"]):
-            p = plot_weights(ok_runs, label, out / f"weights_{slug}.png")
+            p = plot_weights(ok_runs, label(key), out / f"weights_{slug(key)}.png")
             if p:
                 plots.append(p)
-                sections.append((f"G-Blend weights per round: {label}", p, ""))
-        p = plot_curves(ok_runs, label, out / f"curves_{slug}.png")
+                sections.append((f"G-Blend weights per round: {label(key)}", p, ""))
+        p = plot_curves(ok_runs, label(key), out / f"curves_{slug(key)}.png")
         if p:
             plots.append(p)
-            sections.append((f"Train and validation error: {label}", p, ""))
+            sections.append((f"Train and validation error: {label(key)}", p, ""))
 
     ok_rows = [row for row in rows if row["n_ok"]]
     unis = [row for row in ok_rows if method_kind(row["method"]) == "uni"]
@@ -525,8 +511,9 @@ def write_report(root: str | Path, out: str | Path | None = None) -> dict[str, P
         # max() keeps the first of equals, i.e. the earlier row in table order.
         best_multi = max(multis, key=lambda row: row["mean"])
         best_uni = max(unis, key=lambda row: row["mean"])
-        mk, uk = (best_multi["method"], best_multi["modalities"]), (best_uni["method"], best_uni["modalities"])
-        p, per_class_note = plot_per_class((_label(*mk), by_group[mk]), (_label(*uk), by_group[uk]),
+        mk = (best_multi["method"], best_multi["modalities"], best_multi["setting"])
+        uk = (best_uni["method"], best_uni["modalities"], best_uni["setting"])
+        p, per_class_note = plot_per_class((label(mk), by_group[mk]), (label(uk), by_group[uk]),
                                            out / "per_class.png")
         if p:
             plots.append(p)
@@ -541,14 +528,17 @@ def write_report(root: str | Path, out: str | Path | None = None) -> dict[str, P
         "",
         "Test top-1 and top-5 of each method's prediction head, mean ± std (population) over seeds.",
         "",
-        "| method | modalities | test top-1 (%) | top-5 (%) | seeds ok/failed | G-Blend weights |",
-        "|---|---|---|---|---|---|",
     ]
+    with_setting = any(row["setting"] for row in rows)
+    md += ["| method | modalities | " + ("setting | " if with_setting else "")
+           + "test top-1 (%) | top-5 (%) | seeds ok/failed | G-Blend weights |",
+           "|---|---|" + ("---|" if with_setting else "") + "---|---|---|---|"]
     for row in rows:
         seeds = f"{row['n_ok']}/{row['n_failed']}" + (" FAILED" if row["n_failed"] else "")
         weights = weights_string(row["weights"]) if _is_gblend(row["method"]) and row["weights"] else ""
         md.append(f"| {_md_cell(row['method'])} | {_md_cell(_mods_text(row['modalities']))} | "
-                  f"{_pct(row['mean'], row['std'])} | {_pct(row['top5_mean'])} | {seeds} | {weights} |")
+                  + (f"{_md_cell(row['setting'])} | " if with_setting else "")
+                  + f"{_pct(row['mean'], row['std'])} | {_pct(row['top5_mean'])} | {seeds} | {weights} |")
     failed = [r for r in runs if not r.ok]
     if failed:
         md += ["", "## Failed runs", ""]
@@ -573,7 +563,7 @@ def write_report(root: str | Path, out: str | Path | None = None) -> dict[str, P
     for row in rows:
         if _is_gblend(row["method"]):
             heads += [h for h in row["weights"] if h not in heads]
-    fields = ["method", "modalities", "n_ok", "n_failed", "top1_mean", "top1_std", "top5_mean", "seeds",
+    fields = ["method", "modalities", "setting", "n_ok", "n_failed", "top1_mean", "top1_std", "top5_mean", "seeds",
               "top1_per_seed", "weights", *[f"weight_{h}" for h in heads], "failed_seeds", "errors"]
     csv_path = out / "report.csv"
     with csv_path.open("w", newline="") as f:
@@ -584,6 +574,7 @@ def write_report(root: str | Path, out: str | Path | None = None) -> dict[str, P
             w.writerow({
                 "method": row["method"],
                 "modalities": _mods_text(row["modalities"]),
+                "setting": row["setting"],
                 "n_ok": row["n_ok"],
                 "n_failed": row["n_failed"],
                 # repr-exact floats; an empty cell where no seed finished

@@ -330,3 +330,19 @@ def test_real_compare_directory(tmp_path):
         _assert_png(p)
     if any(r["method"].startswith("gblend") for r in rows):
         assert any(p.name.startswith("weights_gblend") for p in paths["plots"])
+
+
+def test_runs_that_differ_in_a_setting_are_different_rows(tmp_path):
+    """An optimizer sweep: same method, different optim.name → one row per optimizer."""
+    for i, (opt, top1) in enumerate([("sgd", 0.70), ("sgd", 0.72), ("adam", 0.60), ("adam", 0.64)]):
+        run = _write_run(tmp_path / f"r{i}", "naive", i % 2, top1, 0.9, {"video": 0.0, "audio": 0.0, "fused": 1.0})
+        results = json.loads((run / "results.json").read_text())
+        results["config"]["optim"] = {"name": opt, "lr": 0.05}
+        (run / "results.json").write_text(json.dumps(results))
+    rows = {row["setting"]: row for row in summarize(find_runs(tmp_path))}
+    assert set(rows) == {"optim.name=sgd", "optim.name=adam"}
+    assert rows["optim.name=sgd"]["mean"] == pytest.approx(0.71)
+    assert rows["optim.name=adam"]["mean"] == pytest.approx(0.62)
+    written = write_report(tmp_path)
+    md = written["md"].read_text()
+    assert "| setting |" in md and "optim.name=adam" in md
