@@ -4,6 +4,12 @@ An encoder maps one modality's input ``(batch, *shape)`` to features ``(batch, d
 A builder takes the modality's per-sample shape and the model spec and returns the
 module with its ``feature_dim`` attribute set; adding a backbone is one registered
 builder (video and audio backbones join this registry later).
+
+An encoder may also expose an intermediate representation for mid-level fusion:
+``intermediate(x)`` (batch, intermediate_dim), ``from_intermediate(h)`` finishing the
+encoder (``forward(x) == from_intermediate(intermediate(x))``), an int
+``intermediate_dim`` and ``intermediate_parameters()``, the parameters that
+``intermediate`` uses (see ``INTERMEDIATE_API``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from .spec import ModelSpec
 
 EncoderBuilder = Callable[[tuple[int, ...], ModelSpec], nn.Module]
 
+INTERMEDIATE_API = ("intermediate", "from_intermediate", "intermediate_dim", "intermediate_parameters")
+"""What an encoder must have for a fusion that fuses intermediate features."""
+
 _ENCODERS: Registry[EncoderBuilder] = Registry("encoder")
 register_encoder = _ENCODERS.register
 encoder_names = _ENCODERS.names
@@ -31,11 +40,17 @@ def build_encoder(name: str, input_shape: tuple[int, ...], spec: ModelSpec) -> n
 
 
 class MLPEncoder(nn.Module):
-    """Feature-vector encoder: flatten → Linear → ReLU → Linear → ReLU."""
+    """Feature-vector encoder: flatten → Linear → ReLU → Linear → ReLU.
+
+    Its intermediate representation is the first hidden layer's activation."""
+
+    _SPLIT = 3
+    """``net[:_SPLIT]`` (flatten → Linear → ReLU) computes the intermediate representation."""
 
     def __init__(self, in_dim: int, hidden_dim: int, feature_dim: int, dropout: float = 0.0):
         super().__init__()
         self.feature_dim = feature_dim
+        self.intermediate_dim = hidden_dim
         self.net = nn.Sequential(
             nn.Flatten(),
             nn.Linear(in_dim, hidden_dim),
@@ -47,6 +62,18 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+    def intermediate(self, x):
+        """The first hidden layer's activation (batch, hidden_dim)."""
+        return self.net[: self._SPLIT](x)
+
+    def from_intermediate(self, h):
+        """Finish the encoder from ``intermediate``'s output."""
+        return self.net[self._SPLIT :](h)
+
+    def intermediate_parameters(self) -> list[nn.Parameter]:
+        """The parameters ``intermediate`` uses (the first Linear layer)."""
+        return list(self.net[: self._SPLIT].parameters())
 
 
 @register_encoder("mlp")
