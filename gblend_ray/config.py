@@ -46,6 +46,7 @@ import yaml
 from .plan import parse_method
 from .rounds import SAFEGUARDS
 from .spec import RunSpec
+from .tracking import BACKENDS as TRACKING_BACKENDS
 
 __all__ = [
     "ConfigError",
@@ -67,7 +68,6 @@ METRICS = ("loss", "accuracy")
 OPTIMIZERS = ("sgd", "adam", "adagrad")
 LR_SCHEDULES = ("constant", "cosine")
 PROBE_MODES = ("tune", "inline")
-TRACKING_BACKENDS = ("wandb", "none")
 
 _NUMERIC_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
