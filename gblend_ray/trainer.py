@@ -71,9 +71,12 @@ def train_loop(config: dict) -> None:
         # Heads with weight 0 are not computed, so some parameters get no gradient.
         ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
+    def checkpoint_dir(epoch: int, final: bool = False) -> Path:
+        return run_dir / "checkpoints" / (f"epoch_{epoch:04d}" + ("_final" if final else ""))
+
     def report(epoch: int, weights, final: bool = False, results: dict | None = None) -> Path:
         """Every rank calls this equally often (``ray.train.report`` is a barrier)."""
-        where = run_dir / "checkpoints" / (f"epoch_{epoch:04d}" + ("_final" if final else ""))
+        where = checkpoint_dir(epoch, final)
         ckpt = None
         if rank == 0:
             ckpt = Checkpoint.from_directory(str(_save(where, model, optimizer, epoch, weights, history, results)))
@@ -82,12 +85,12 @@ def train_loop(config: dict) -> None:
         return where
 
     def weights_for(segment: Segment) -> dict[str, float]:
-        began = time.perf_counter()
+        boundary_began = time.perf_counter()
         if not segment.estimates:
             weights = fixed_weights(method, model.modalities)
         else:
             resumed_here = restored is not None and segment.start == start
-            where = (run_dir / "checkpoints" / f"epoch_{segment.start:04d}") if resumed_here else report(segment.start, None)
+            where = checkpoint_dir(segment.start) if resumed_here else report(segment.start, None)
             weights = None
             if rank == 0:
                 inline = run_probes(spec, model, data, segment) if spec.probes.mode == "inline" else None
@@ -97,7 +100,7 @@ def train_loop(config: dict) -> None:
                 weights = answer["weights"]
             weights = ray.train.collective.broadcast_from_rank_zero(weights)
         ray.get(coord.record_training.remote(rank, segment.start, weights, os.getpid(),
-                                             time.perf_counter() - began))
+                                             time.perf_counter() - boundary_began))
         return weights
 
     def on_epoch(record: dict) -> None:
