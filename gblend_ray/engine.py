@@ -5,8 +5,9 @@
 runner, the Ray Train worker loop and every G-Blend probe call these two functions,
 so a probe trains exactly as the main run does.
 
-Data lives in memory as tensors (``TensorData``); ``batch_order`` gives each rank its
-shard of a seeded permutation per epoch, like ``DistributedSampler``, so the order
+Data is a ``BatchSource``: arrays in memory (``TensorData``) or clips decoded from
+video files by worker processes (``media.MediaData``). ``batch_order`` gives each rank
+its shard of a seeded permutation per epoch, like ``DistributedSampler``, so the order
 depends only on (seed, epoch, rank, world size) and a 1-worker Ray run sees the same
 batches as the in-process runner.
 """
@@ -14,16 +15,36 @@ batches as the in-process runner.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import DETACHED
+from .metrics import mean_auc, mean_average_precision
+from .model import DETACHED, LOG_VAR
 from .spec import OptimSpec
+
+Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+class BatchSource(Protocol):
+    """What the engine trains and evaluates on.
+
+    ``batches(order, train=, epoch=)`` yields one ``(inputs, targets)`` per index tensor
+    of ``order``, in that order: ``inputs[m]`` holds ``len(index) * clips_per_sample``
+    samples (the clips of one sample are consecutive), ``targets`` one row per sample.
+    ``train`` asks for training-time augmentation, seeded by ``epoch``.
+    """
+
+    clips_per_sample: int
+
+    def __len__(self) -> int: ...
+
+    def batches(self, order: Sequence[torch.Tensor], *, train: bool, epoch: int) -> Iterator[Batch]: ...
 
 
 @dataclass
@@ -32,6 +53,7 @@ class TensorData:
 
     inputs: dict[str, torch.Tensor]
     targets: torch.Tensor
+    clips_per_sample: int = 1
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -44,8 +66,26 @@ class TensorData:
         dtype = torch.float32 if labels.ndim > 1 else torch.int64
         return cls(inputs, torch.as_tensor(labels[idx], dtype=dtype, device=device))
 
-    def take(self, index: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def take(self, index: torch.Tensor) -> Batch:
         return {m: x[index] for m, x in self.inputs.items()}, self.targets[index]
+
+    def batches(self, order: Sequence[torch.Tensor], *, train: bool, epoch: int) -> Iterator[Batch]:
+        return (self.take(index) for index in order)
+
+
+def sequential_order(n: int, batch_size: int) -> list[torch.Tensor]:
+    """Every sample once, in order: how evaluation walks a source."""
+    return [torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def _on(device: torch.device, batch: Batch) -> Batch:
+    inputs, targets = batch
+    return {m: x.to(device, non_blocking=True) for m, x in inputs.items()}, targets.to(device, non_blocking=True)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def batch_order(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
@@ -81,7 +121,7 @@ def make_optimizer(params: Iterable[nn.Parameter], spec: OptimSpec) -> torch.opt
 
 def train_epochs(
     model: nn.Module,
-    data: TensorData,
+    data: BatchSource,
     optimizer: torch.optim.Optimizer,
     weights: dict[str, float],
     epochs: int,
@@ -97,17 +137,25 @@ def train_epochs(
 ) -> list[dict]:
     """Train ``epochs`` epochs from ``start_epoch`` on ``L_blend = Σ_i w_i L_i`` (eq. 7).
 
-    Heads with weight 0 are not computed. Each head in ``full_heads`` has its own
+    Heads with weight 0 are not computed. A model with learned weights (method
+    ``uncertainty``) returns each head's log-variance s_i; head i's term is then
+    ``exp(−s_i) w_i L_i + s_i / 2``, Kendall, Gal and Cipolla (CVPR 2018) eq. 10 for a
+    classification likelihood with s_i = log σ_i², and the record carries the learned
+    weights exp(−s_i) as ``learned/<head>``. Each head in ``full_heads`` has its own
     parameters trained at full weight on detached features (the prediction-head
     safeguard), while the encoders beneath it see it only through its blend weight.
     Returns one record per epoch: the epoch, its learning rate and the mean per-head
-    losses of the blend.
+    losses of the blend. ``on_epoch`` gets each record; a true return stops training
+    (early stopping).
     """
     active = [h for h, w in weights.items() if w > 0]
     extra = [h for h in full_heads if weights.get(h, 0.0) < 1.0]
     if not active and not extra:
         raise ValueError(f"every weight is 0 in {weights}: nothing would train")
     model.train()
+    device = _device_of(model)
+    core = getattr(model, "module", model)  # under DDP, the MultiHeadNet
+    learned = getattr(core, "log_vars", None) is not None
     history = []
     for epoch in range(start_epoch, start_epoch + epochs):
         if lr_at is not None:
@@ -115,12 +163,18 @@ def train_epochs(
                 group["lr"] = lr_at(epoch)
         totals = dict.fromkeys(active, 0.0)
         steps = 0
-        for index in batch_order(len(data), batch_size, seed, epoch, rank, world_size):
-            inputs, targets = data.take(index)
-            logits = model(inputs, heads=active, detached=extra)
+        order = batch_order(len(data), batch_size, seed, epoch, rank, world_size)
+        for batch in data.batches(order, train=True, epoch=epoch):
+            inputs, targets = _on(device, batch)
+            logits = model(inputs, heads=active, detached=extra, **({"log_vars": True} if learned else {}))
             losses = {h: head_loss(logits[h], targets) for h in active}
             detached = {h: head_loss(logits[h + DETACHED], targets) for h in extra}
-            loss = sum(weights[h] * losses[h] for h in active) + sum((1.0 - weights.get(h, 0.0)) * detached[h] for h in extra)
+            if learned:
+                s = {h: logits[h + LOG_VAR] for h in active}
+                loss = sum(torch.exp(-s[h]) * weights[h] * losses[h] + s[h] / 2 for h in active)
+            else:
+                loss = sum(weights[h] * losses[h] for h in active)
+            loss = loss + sum((1.0 - weights.get(h, 0.0)) * detached[h] for h in extra)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -129,58 +183,97 @@ def train_epochs(
             steps += 1
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         record.update({f"loss/{h}": totals[h] / max(steps, 1) for h in active})
+        if learned:
+            record.update({f"learned/{h}": w for h, w in core.learned_weights().items()})
         if not all(math.isfinite(v) for v in totals.values()):
             raise FloatingPointError(f"training diverged at epoch {epoch + 1}: per-head losses {record}; lower optim.lr")
         history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
+        if on_epoch is not None and on_epoch(record):
+            break
     return history
 
 
+@dataclass
+class Predictions:
+    """One head's outputs over a source: per-sample scores (class probabilities, softmax
+    or sigmoid, averaged over the sample's clips), the targets, and clip-level sums."""
+
+    scores: torch.Tensor
+    targets: torch.Tensor
+    loss_sum: float = 0.0
+    clips: int = 0
+    clip_top1: float = 0.0
+    clip_top5: float = 0.0
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, heads: Sequence[str] | None = None,
-             batch_size: int = 1024) -> dict[str, dict[str, float]]:
-    """Mean loss, top-1 and top-5 accuracy of each head (eval mode) on ``data``."""
+def predict(model: nn.Module, data: BatchSource, heads: Sequence[str] | None = None,
+            batch_size: int = 1024) -> dict[str, Predictions]:
+    """Run ``model`` (eval mode) over every sample of ``data``; average each sample's
+    ``data.clips_per_sample`` clips into one prediction (the paper's video-level
+    evaluation over K uniformly spaced clips)."""
     was_training = model.training
     model.eval()
-    sums: dict[str, dict[str, float]] = {}
+    device = _device_of(model)
+    k = data.clips_per_sample
+    parts: dict[str, list] = {}
+    sums: dict[str, list[float]] = {}
+    target_parts = []
     try:
-        for start in range(0, len(data), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(data)))
-            inputs, targets = data.take(index)
-            logits = model(inputs, heads=heads)
-            for head, out in logits.items():
-                s = sums.setdefault(head, {"loss": 0.0, "top1": 0.0, "top5": 0.0})
-                n = len(index)
-                s["loss"] += head_loss(out, targets).item() * n
-                if not targets.dtype.is_floating_point:
+        for batch in data.batches(sequential_order(len(data), batch_size), train=False, epoch=0):
+            inputs, targets = _on(device, batch)
+            clip_targets = targets.repeat_interleave(k, dim=0) if k > 1 else targets
+            target_parts.append(targets.cpu())
+            for head, out in model(inputs, heads=heads).items():
+                s = sums.setdefault(head, [0.0, 0.0, 0.0, 0.0])
+                s[0] += head_loss(out, clip_targets).item() * len(out)
+                s[1] += len(out)
+                if targets.dtype.is_floating_point:
+                    probs = torch.sigmoid(out)
+                else:
+                    probs = torch.softmax(out, dim=1)
                     top = out.topk(min(5, out.shape[1]), dim=1).indices
-                    hits = top == targets[:, None]
-                    s["top1"] += hits[:, 0].float().sum().item()
-                    s["top5"] += hits.any(dim=1).float().sum().item()
+                    hits = top == clip_targets[:, None]
+                    s[2] += hits[:, 0].float().sum().item()
+                    s[3] += hits.any(dim=1).float().sum().item()
+                parts.setdefault(head, []).append(probs.view(len(targets), k, -1).mean(dim=1).cpu())
     finally:
         model.train(was_training)
-    return {h: {k: v / len(data) for k, v in s.items()} for h, s in sums.items()}
+    targets = torch.cat(target_parts)
+    return {h: Predictions(torch.cat(p), targets, *sums[h]) for h, p in parts.items()}
 
 
-@torch.no_grad()
-def per_class_top1(model: nn.Module, data: TensorData, num_classes: int,
-                   batch_size: int = 1024) -> dict[str, list[float | None]]:
-    """Top-1 accuracy of each head on each class (None for a class absent from ``data``):
+def metrics_of(p: Predictions, clips_per_sample: int = 1) -> dict[str, float]:
+    """A head's metrics: mean loss over clips; multiclass: clip top-1 and top-5 and, with
+    several clips per sample, video-level ``video_top1``/``video_top5``; multi-label:
+    mAP and mAUC of the (clip-averaged) scores."""
+    out = {"loss": p.loss_sum / max(p.clips, 1)}
+    if p.targets.dtype.is_floating_point:
+        out["mAP"] = mean_average_precision(p.scores.numpy(), p.targets.numpy())
+        out["mAUC"] = mean_auc(p.scores.numpy(), p.targets.numpy())
+        return out
+    out["top1"], out["top5"] = p.clip_top1 / max(p.clips, 1), p.clip_top5 / max(p.clips, 1)
+    if clips_per_sample > 1:
+        top = p.scores.topk(min(5, p.scores.shape[1]), dim=1).indices
+        hits = top == p.targets[:, None]
+        out["video_top1"] = hits[:, 0].float().mean().item()
+        out["video_top5"] = hits.any(dim=1).float().mean().item()
+    return out
+
+
+def evaluate(model: nn.Module, data: BatchSource, heads: Sequence[str] | None = None,
+             batch_size: int = 1024) -> dict[str, dict[str, float]]:
+    """Every head's metrics (``metrics_of``) on ``data``, in eval mode."""
+    return {h: metrics_of(p, data.clips_per_sample) for h, p in predict(model, data, heads, batch_size).items()}
+
+
+def per_class_top1(predictions: dict[str, Predictions], num_classes: int) -> dict[str, list[float | None]]:
+    """Top-1 accuracy of each head on each class (None for a class absent from the data):
     what the report's per-class gains and losses (the paper's Fig. 6) are made of."""
-    was_training = model.training
-    model.eval()
-    hits: dict[str, torch.Tensor] = {}
-    counts = torch.zeros(num_classes)
-    try:
-        for start in range(0, len(data), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(data)))
-            inputs, targets = data.take(index)
-            counts += torch.bincount(targets.cpu(), minlength=num_classes).float()
-            for head, out in model(inputs).items():
-                right = (out.argmax(dim=1) == targets).float().cpu()
-                hits[head] = hits.get(head, torch.zeros(num_classes)) + torch.bincount(
-                    targets.cpu(), weights=right, minlength=num_classes)
-    finally:
-        model.train(was_training)
-    return {h: [float(x / n) if n > 0 else None for x, n in zip(v, counts)] for h, v in hits.items()}
+    out = {}
+    for head, p in predictions.items():
+        counts = torch.bincount(p.targets, minlength=num_classes).float()
+        right = (p.scores.argmax(dim=1) == p.targets).float()
+        hits = torch.bincount(p.targets, weights=right, minlength=num_classes)
+        out[head] = [float(x / n) if n > 0 else None for x, n in zip(hits, counts)]
+    return out
