@@ -356,6 +356,15 @@ def validate(spec: RunSpec) -> None:
     _check_range("model.dropout", m.dropout, "a number in [0, 1)",
                  _is_number(m.dropout) and 0 <= m.dropout < 1)
 
+    _check_range("model.fusion_dropout", m.fusion_dropout, "a number in [0, 1)",
+                 _is_number(m.fusion_dropout) and 0 <= m.fusion_dropout < 1)
+
+    bl = spec.baselines
+    _check_range("baselines.dropout", bl.dropout, "a number in [0, 1)",
+                 _is_number(bl.dropout) and 0 <= bl.dropout < 1)
+    _check_int_min("baselines.pretrain_epochs", bl.pretrain_epochs, 1, optional=True)
+    _check_int_min("baselines.patience", bl.patience, 1)
+
     o = spec.optim
     _check_choice("optim.name", o.name, OPTIMIZERS)
     _check_range("optim.lr", o.lr, "a number > 0", _is_number(o.lr) and o.lr > 0)

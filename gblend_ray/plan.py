@@ -9,6 +9,14 @@ Methods (DESIGN §2, the paper's baselines):
 - ``uni:<modality>``: that modality's encoder and head alone; predicts with its head.
 - ``naive``: naive late fusion, the fused head's loss alone.
 - ``aux``: auxiliary losses, every head at equal weight ``1/(k+1)``.
+- ``dropout``: naive late fusion with dropout on the concatenated features
+  (``baselines.dropout``).
+- ``pretrain``: every encoder first trained uni-modally (its own head's loss), then
+  loaded into the fused model, which is fine-tuned with the fused head's loss.
+- ``uncertainty``: every head with a learned weight, uncertainty weighting (Kendall,
+  Gal and Cipolla, CVPR 2018).
+- ``early_stop``: naive late fusion stopped when the fused head's loss on V stops
+  improving (``baselines.patience``); the best epoch's model is kept.
 - ``gblend:offline``: Algorithm 2, one estimate at epoch 0 over the whole run.
 - ``gblend:online``: Algorithm 3, a warm-up super-epoch then super-epochs of fixed
   length, each re-estimated at its first epoch from the current checkpoint.
@@ -21,7 +29,9 @@ from dataclasses import dataclass
 FUSED = "fused"
 """Name of the fused (prediction) head, h_{k+1} in the paper."""
 
-_KINDS = ("uni", "naive", "aux", "gblend")
+_KINDS = ("uni", "naive", "aux", "dropout", "pretrain", "uncertainty", "early_stop", "gblend")
+PRETRAIN, FINETUNE = "pretrain", "finetune"
+"""Phases of a ``pretrain`` run's segments."""
 _SCHEDULES = ("offline", "online")
 
 
@@ -49,8 +59,8 @@ def parse_method(text: str, modalities: list[str], default_schedule: str = "onli
     kind, _, arg = text.partition(":")
     if kind not in _KINDS:
         raise ValueError(
-            f"unknown method {text!r}: expected one of uni:<modality>, naive, aux, "
-            "gblend, gblend:offline, gblend:online"
+            f"unknown method {text!r}: expected one of uni:<modality>, naive, aux, dropout, "
+            "pretrain, uncertainty, early_stop, gblend, gblend:offline, gblend:online"
         )
     if kind == "uni":
         if arg not in modalities:
@@ -74,15 +84,24 @@ def heads_of(modalities: list[str]) -> list[str]:
     return [*modalities, FUSED]
 
 
-def fixed_weights(method: Method, modalities: list[str]) -> dict[str, float] | None:
-    """The loss weights of a method that does not estimate them; None for G-Blend."""
+def fixed_weights(method: Method, modalities: list[str], phase: str = "") -> dict[str, float] | None:
+    """The loss weights of a method that does not estimate them; None for G-Blend.
+
+    ``uncertainty`` computes every head at weight 1; the engine scales each loss by its
+    learned weight. A ``pretrain`` run's first phase trains every uni-modal head at
+    weight 1: each encoder gets gradient from its own head's loss only, so this is each
+    uni-modal model trained on its own, on the same batches."""
     heads = heads_of(modalities)
     if method.kind == "uni":
         return {h: float(h == method.modality) for h in heads}
-    if method.kind == "naive":
+    if method.kind == "pretrain" and phase == PRETRAIN:
+        return {h: float(h != FUSED) for h in heads}
+    if method.kind in ("naive", "dropout", "early_stop", "pretrain"):
         return {h: float(h == FUSED) for h in heads}
     if method.kind == "aux":
         return {h: 1.0 / len(heads) for h in heads}
+    if method.kind == "uncertainty":
+        return dict.fromkeys(heads, 1.0)
     return None
 
 
@@ -97,6 +116,8 @@ class Segment:
     start: int
     epochs: int
     probe_epochs: int = 0
+    phase: str = ""
+    """``pretrain`` or ``finetune`` in a ``pretrain`` run; empty otherwise."""
 
     @property
     def end(self) -> int:
@@ -113,16 +134,21 @@ def plan_segments(
     warmup_epochs: int = 10,
     super_epoch: int = 5,
     probe_epochs: int | None = None,
+    pretrain_epochs: int | None = None,
 ) -> list[Segment]:
     """Cut ``epochs`` into segments.
 
     Offline G-Blend (Algorithm 2) estimates once at epoch 0 with n = the whole run (or
-    ``probe_epochs``). Online G-Blend (Algorithm 3) estimates at 0, ``warmup_epochs``,
+    ``probe_epochs``). A ``pretrain`` run is ``pretrain_epochs`` (default ``epochs``) of
+    uni-modal training, then ``epochs`` of fine-tuning. Online G-Blend (Algorithm 3) estimates at 0, ``warmup_epochs``,
     ``warmup_epochs + super_epoch``, ...; each probe's horizon defaults to the length of
     the super-epoch it estimates, the last one possibly shorter.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if method.kind == "pretrain":
+        pre = pretrain_epochs or epochs
+        return [Segment(0, pre, phase=PRETRAIN), Segment(pre, epochs, phase=FINETUNE)]
     if method.kind != "gblend":
         return [Segment(0, epochs)]
     if method.schedule == "offline":

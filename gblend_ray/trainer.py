@@ -25,8 +25,8 @@ from ray.train.torch import TorchTrainer
 from .engine import make_optimizer
 from .plan import Segment, fixed_weights
 from .probe_trials import STATE_FILE, load_state
-from .runner import (epoch_metrics, final_results, method_of, new_model, prepare_data, run_probes, segments_of, train_plan,
-                     trained_parameters)
+from .runner import (early_stopping, epoch_metrics, final_results, method_of, new_model, prepare_data, run_probes,
+                     segments_of, train_plan, trained_parameters)
 from .spec import RunSpec
 
 
@@ -50,8 +50,10 @@ def train_loop(config: dict) -> None:
     device = torch.device("cuda", torch.cuda.current_device()) if spec.trainer.use_gpu else torch.device("cpu")
     data = prepare_data(spec, device=device)
     method = method_of(spec, data.dataset)
-    model = new_model(spec, data.dataset).to(device)
+    model = new_model(spec, data.dataset, method).to(device)
     optimizer = make_optimizer(trained_parameters(model, method), spec.optim)
+    # Every rank measures V itself (same parameters, same V), so all stop at one epoch.
+    stopper = early_stopping(spec, method, model, data.heldout)
     coord = ray.get_actor(config["coordinator"], namespace=config["namespace"])
     observer = config["observer"] if rank == 0 else None
     began = time.perf_counter()
@@ -87,7 +89,7 @@ def train_loop(config: dict) -> None:
     def weights_for(segment: Segment) -> dict[str, float]:
         boundary_began = time.perf_counter()
         if not segment.estimates:
-            weights = fixed_weights(method, model.modalities)
+            weights = fixed_weights(method, model.modalities, segment.phase)
         else:
             resumed_here = restored is not None and segment.start == start
             where = checkpoint_dir(segment.start) if resumed_here else report(segment.start, None)
@@ -112,15 +114,16 @@ def train_loop(config: dict) -> None:
     # Rank 0 measures the curves on the unwrapped model: a forward through DDP on one
     # rank alone would leave DDP's gradient reducer waiting for the others.
     train_plan(spec, ddp, optimizer, data.train, method, segments, weights_for, rank=rank, world_size=world,
-               on_epoch=on_epoch, monitor=(lambda: epoch_metrics(model, data)) if rank == 0 else None)
+               on_epoch=on_epoch, monitor=(lambda: epoch_metrics(model, data)) if rank == 0 else None,
+               stopper=stopper, pretrained_dir=run_dir / "pretrained" / (f"rank_{rank}" if rank else ""))
     trajectory = ray.get(coord.trajectory.remote())
     results = None
     if rank == 0:
-        results = final_results(spec, model, data, method, trajectory, history, time.perf_counter() - began)
+        results = final_results(spec, model, data, method, trajectory, history, time.perf_counter() - began,
+                                stopper)
         if observer is not None:
             observer.on_end(results)
-    report(spec.train.epochs, trajectory[-1]["weights"] if trajectory else fixed_weights(method, model.modalities),
-           final=True, results=results)
+    report(spec.train.epochs, results["final_weights"] if results else None, final=True, results=results)
 
 
 def build_trainer(spec: RunSpec, run_dir: Path, coordinator: str, namespace: str, observer=None) -> TorchTrainer:

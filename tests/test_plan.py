@@ -47,3 +47,15 @@ def test_lr_schedules():
     assert lr_at(5, 0.1, "cosine", 10) == pytest.approx(0.05)
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_at(0, 0.1, "step", 10)
+
+
+def test_baseline_weights_and_segments():
+    for kind in ("dropout", "early_stop"):
+        assert fixed_weights(parse_method(kind, MODS), MODS) == {"video": 0.0, "audio": 0.0, FUSED: 1.0}
+    assert fixed_weights(parse_method("uncertainty", MODS), MODS) == {"video": 1.0, "audio": 1.0, FUSED: 1.0}
+    pretrain = parse_method("pretrain", MODS)
+    assert fixed_weights(pretrain, MODS, "pretrain") == {"video": 1.0, "audio": 1.0, FUSED: 0.0}
+    assert fixed_weights(pretrain, MODS, "finetune") == {"video": 0.0, "audio": 0.0, FUSED: 1.0}
+    assert plan_segments(pretrain, 30) == [Segment(0, 30, phase="pretrain"), Segment(30, 30, phase="finetune")]
+    assert plan_segments(pretrain, 30, pretrain_epochs=12) == [Segment(0, 12, phase="pretrain"),
+                                                               Segment(12, 30, phase="finetune")]

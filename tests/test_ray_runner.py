@@ -67,6 +67,24 @@ def test_two_worker_ddp_run_through_the_cli(ray_cluster, av_overfit, tmp_path):
         assert by_rank[0] == by_rank[1] == record["weights"]
 
 
+@pytest.mark.parametrize("method", ["uncertainty", "pretrain", "early_stop"])
+def test_baselines_train_with_two_ddp_workers(ray_cluster, av_overfit, tmp_path, method):
+    spec = _spec(av_overfit, epochs=6)
+    spec.method, spec.trainer.num_workers, spec.baselines.patience = method, 2, 1
+    results = run_on_ray(spec, tmp_path)
+    history = results["history"]
+    assert results["test"]["top1"] > 0.15
+    if method == "uncertainty":  # the ranks' learned weights stayed equal: DDP averaged their gradients
+        assert all(w > 0 for w in results["final_weights"].values())
+        assert results["final_weights"] == pytest.approx({h: history[-1][f"learned/{h}"] for h in results["final_weights"]})
+    if method == "pretrain":
+        assert len(history) == 12 and (tmp_path / "pretrained" / "video.pt").exists()
+        assert (tmp_path / "pretrained" / "rank_1" / "video.pt").exists()
+    if method == "early_stop":
+        stop = results["early_stopping"]
+        assert stop["stopped_at"] is None or stop["stopped_at"] == len(history)
+
+
 def test_a_killed_worker_resumes_from_the_boundary(ray_cluster, av_overfit, tmp_path):
     spec = _spec(av_overfit, epochs=12, batch_size=8)
     spec.blend.warmup_epochs, spec.blend.super_epoch = 4, 4

@@ -110,3 +110,64 @@ def test_history_has_every_heads_curves_and_results_per_class(tiny_dataset):
     assert len(per_class) == 4
     # the test split has 15 samples of each of the 4 classes: the mean of per-class accuracy is top-1
     assert sum(per_class) / 4 == pytest.approx(res["test"]["top1"])
+
+
+def test_uncertainty_weights_move_and_stay_positive(tiny_dataset):
+    res = runner.run_inline(_spec(tiny_dataset, "uncertainty"))
+    learned = [{h: r[f"learned/{h}"] for h in ("video", "audio", "fused")} for r in res["history"]]
+    assert all(w > 0 for epoch in learned for w in epoch.values())
+    # s_i starts at 0 (weight 1); after an epoch every weight has moved away from 1
+    assert all(abs(w - 1.0) > 1e-3 for w in learned[0].values())
+    assert learned[0] != learned[-1]
+    assert res["final_weights"] == pytest.approx(learned[-1])
+
+
+def test_pretrain_loads_the_encoders_it_trained(tiny_dataset, tmp_path, monkeypatch):
+    seen = {}
+    load = runner.load_pretrained
+
+    def spy(model, optimizer, directory):
+        seen["before"] = {k: v.clone() for k, v in model.encoders.state_dict().items()}
+        paths = load(model, optimizer, directory)
+        seen["after"] = {k: v.clone() for k, v in model.encoders.state_dict().items()}
+        seen["files"] = {m: torch.load(p, weights_only=True) for m, p in paths.items()}
+        seen["optimizer_state"] = len(optimizer.state)
+        seen["fusion"] = {k: v.clone() for k, v in model.fusion.state_dict().items()}
+        return paths
+
+    monkeypatch.setattr(runner, "load_pretrained", spy)
+    spec = _spec(tiny_dataset, "pretrain")
+    initial = runner.new_model(spec, runner.ensure_dataset(spec))
+    res = runner.run_inline(spec, tmp_path)
+    # the fused model starts from exactly the encoders the uni-modal phase trained
+    for key, value in seen["after"].items():
+        modality, _, name = key.partition(".")
+        assert torch.equal(value, seen["files"][modality][name])
+        assert torch.equal(value, seen["before"][key])
+        assert not torch.equal(value, initial.encoders.state_dict()[key])  # they did train
+    assert sorted(p.name for p in (tmp_path / "pretrained").iterdir()) == ["audio.pt", "video.pt"]
+    assert seen["optimizer_state"] == 0
+    for key, value in seen["fusion"].items():  # the fused head starts from its initialisation
+        assert torch.equal(value, initial.fusion.state_dict()[key])
+    weights = [(r["epoch"], r["weights/fused"]) for r in res["history"]]
+    assert weights[:8] == [(e, 0.0) for e in range(1, 9)] and weights[8:] == [(e, 1.0) for e in range(9, 17)]
+
+
+def test_early_stop_keeps_the_best_epoch(tiny_dataset):
+    spec = _spec(tiny_dataset, "early_stop")
+    spec.train.epochs, spec.baselines.patience, spec.optim.lr = 40, 2, 0.3
+    res = runner.run_inline(spec)
+    stop = res["early_stopping"]
+    assert stop["stopped_at"] == len(res["history"]) < 40
+    assert stop["stopped_at"] - stop["best_epoch"] == 2
+    val = [r["val/fused/loss"] for r in res["history"]]
+    assert min(val) == pytest.approx(stop["best_val_loss"]) and val.index(min(val)) + 1 == stop["best_epoch"]
+
+
+def test_dropout_method_drops_the_fused_input(tiny_dataset):
+    spec = _spec(tiny_dataset, "dropout")
+    spec.baselines.dropout = 0.3
+    data = runner.ensure_dataset(spec)
+    model = runner.new_model(spec, data, runner.method_of(spec, data))
+    assert model.fusion_dropout.p == 0.3
+    assert runner.new_model(spec, data, runner.method_of(dataclasses.replace(spec, method="naive"), data)).fusion_dropout.p == 0.0
