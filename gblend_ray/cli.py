@@ -5,6 +5,8 @@
     gblend sweep SPACE.yaml --out DIR [--resume] [--set key=value ...]
     gblend report DIR
     gblend make-synthetic OUT_DIR --preset av-overfit --seed 0
+    gblend make-media OUT_DIR [--classes 3 --per-class 8 --multilabel]
+    gblend extract-flow MANIFEST OUT_DIR [--resize 128]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from .config import ConfigError, check_against_dataset, load_config
 from .data import DatasetError
+from .metrics import describe
 
 METHODS_DEFAULT = "uni:video,uni:audio,naive,aux,gblend:offline,gblend:online"
 
@@ -55,7 +58,23 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("out_dir")
     syn.add_argument("--preset", default="av-overfit")
     syn.add_argument("--seed", type=int, default=0)
+
+    med = sub.add_parser("make-media", help="write small mp4 files (H.264 + AAC) and their manifest.csv")
+    med.add_argument("out_dir")
+    med.add_argument("--classes", type=int, default=3)
+    med.add_argument("--per-class", type=int, default=8)
+    med.add_argument("--seconds", type=float, default=2.0)
+    med.add_argument("--size", type=int, default=64, help="frame height and width in pixels")
+    med.add_argument("--multilabel", action="store_true", help="each file mixes a random subset of classes")
+    med.add_argument("--seed", type=int, default=0)
+
+    flo = sub.add_parser("extract-flow", help="dense optical flow (OpenCV Farneback) of every video of a manifest")
+    flo.add_argument("manifest", help="manifest.csv, or a directory holding it")
+    flo.add_argument("out_dir", help="where the flow files go; give it to runs as data.media.flow_dir")
+    flo.add_argument("--resize", type=int, default=128, help="short side of the frames flow is computed on")
+    flo.add_argument("--workers", type=int, default=1)
     return p
+
 
 
 def _run(spec, out_dir: Path, dataset, inline: bool) -> dict:
@@ -165,12 +184,24 @@ def main(argv: list[str] | None = None) -> int:
 
             path = generate_preset(args.preset, args.out_dir, seed=args.seed)
             print(f"wrote {args.preset} (seed {args.seed}) to {path}")
+        elif args.command == "make-media":
+            from .testmedia import write_test_media
+
+            manifest = write_test_media(args.out_dir, classes=args.classes, per_class=args.per_class,
+                                        seconds=args.seconds, size=args.size, multilabel=args.multilabel,
+                                        seed=args.seed)
+            print(f"wrote {args.classes * args.per_class} mp4 files and {manifest}")
+        elif args.command == "extract-flow":
+            from .flow import extract_flow
+
+            index = extract_flow(args.manifest, args.out_dir, resize=args.resize, workers=args.workers)
+            print(f"wrote optical flow to {args.out_dir} ({index}); set data.media.flow_dir: {args.out_dir}")
         elif args.command == "run":
             spec, dataset = _load(args)
             result = _run(spec, Path(args.out), dataset, args.inline)
-            t = result["test"]
-            print(f"{result['method']}: test top-1 {100 * t['top1']:.1f}%, top-5 {100 * t['top5']:.1f}%, "
-                  f"loss {t['loss']:.3f}; wrote {args.out}/results.json and trajectory.json")
+            print(f"{result['method']}: test {describe(result['test'])}; wrote {args.out}/results.json and trajectory.json")
+            if result.get("skipped"):
+                print(f"left out {len(result['skipped'])} bad file(s), listed under 'skipped' in results.json")
         elif args.command == "sweep":
             _sweep(args)
         elif args.command == "report":

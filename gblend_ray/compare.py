@@ -13,6 +13,7 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+from .metrics import LABELS, headline
 from .spec import RunSpec
 
 RunFn = Callable[[RunSpec, Path], dict]
@@ -33,9 +34,11 @@ def compare(spec: RunSpec, methods: list[str], seeds: list[int], out: str | Path
             s = copy.deepcopy(spec)
             s.method, s.seed = method, seed
             result = run(s, run_dir(out, method, seed))
-            accs.append(result["test"]["top1"])
-            log(f"{method:<16} seed {seed}: test top-1 {100 * accs[-1]:.1f}%  ({result['seconds']:.1f} s)")
+            metric = headline(result["test"])[0]
+            accs.append(result["test"][metric])
+            log(f"{method:<16} seed {seed}: test {LABELS[metric]} {100 * accs[-1]:.1f}%  ({result['seconds']:.1f} s)")
         summary[method] = {
+            "metric": metric,
             "mean": statistics.fmean(accs),
             "std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
             "runs": accs,
@@ -46,8 +49,11 @@ def compare(spec: RunSpec, methods: list[str], seeds: list[int], out: str | Path
 
 
 def format_table(summary: dict) -> str:
-    """Test top-1 accuracy per method, mean ± std over seeds, as a plain-text table."""
-    rows = [f"{'method':<18}{'test top-1 (%)':>18}   seeds"]
+    """The test metric per method (top-1, or video top-1, or mAP), mean ± std over seeds,
+    as a plain-text table."""
+    metrics = {s.get("metric", "top1") for s in summary.values()}
+    label = LABELS[metrics.pop()] if len(metrics) == 1 else "metric"
+    rows = [f"{'method':<18}{f'test {label} (%)':>18}   seeds"]
     for method, s in summary.items():
         per_seed = " ".join(f"{100 * a:.1f}" for a in s["runs"])
         rows.append(f"{method:<18}{100 * s['mean']:>10.1f} ± {100 * s['std']:<5.1f}   {per_seed}")

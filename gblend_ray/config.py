@@ -20,8 +20,8 @@ fields; ``dict[str, str]`` needs string keys and values. A section written empty
 A top-level ``sweep:`` section is allowed in a file; ``load_config`` ignores it and
 ``load_config_with_sweep`` returns it, unchecked, for the sweep layer to read.
 
-A relative ``data.path`` written in a file is resolved against that file's directory;
-one given by an override is resolved against the current directory.
+A relative ``data.path`` or ``data.media.flow_dir`` written in a file is resolved against
+that file's directory; one given by an override is resolved against the current directory.
 
 Imports only the stdlib, PyYAML and the pure-Python modules ``spec``, ``plan`` and
 ``rounds`` (no torch, no Ray).
@@ -68,6 +68,7 @@ METRICS = ("loss", "accuracy")
 OPTIMIZERS = ("sgd", "adam", "adagrad")
 LR_SCHEDULES = ("constant", "cosine")
 PROBE_MODES = ("tune", "inline")
+ON_BAD_SAMPLE = ("error", "skip")
 
 _NUMERIC_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -345,6 +346,17 @@ def validate(spec: RunSpec) -> None:
             f"to train on), got {d.val_fraction!r} + {d.test_fraction!r}",
         )
 
+    md = d.media
+    for name in ("frames", "stride", "resize", "size", "sample_rate", "n_mels", "mel_frames", "eval_clips"):
+        _check_int_min(f"data.media.{name}", getattr(md, name), 1)
+    if md.size > md.resize:
+        raise _error("data.media.size", f"the crop ({md.size}) is cut from frames whose short side is "
+                                        f"data.media.resize ({md.resize}): lower size or raise resize")
+    _check_int_min("data.media.num_workers", md.num_workers, 0)
+    _check_choice("data.media.on_bad_sample", md.on_bad_sample, ON_BAD_SAMPLE)
+    if md.flow_dir is not None:
+        _check_nonempty("data.media.flow_dir", md.flow_dir)
+
     m = spec.model
     _check_nonempty("model.encoder", m.encoder)
     for name, enc in m.encoders.items():
@@ -556,21 +568,28 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
-def _resolve_data_path(raw: dict, base: Path) -> None:
+def _paths_in(raw: dict) -> list[tuple[dict, str]]:
+    """The (section, key) of every path field: ``data.path`` and ``data.media.flow_dir``."""
     data = raw.get("data")
-    if isinstance(data, dict):
-        p = data.get("path")
-        if isinstance(p, str) and p.strip():
-            expanded = Path(os.path.expanduser(p))
-            if not expanded.is_absolute():
-                expanded = base / expanded
-            data["path"] = os.path.abspath(expanded)
+    if not isinstance(data, dict):
+        return []
+    found = [(data, "path")]
+    if isinstance(data.get("media"), dict):
+        found.append((data["media"], "flow_dir"))
+    return [(section, key) for section, key in found if isinstance(section.get(key), str) and section[key].strip()]
+
+
+def _resolve_data_path(raw: dict, base: Path) -> None:
+    for section, key in _paths_in(raw):
+        expanded = Path(os.path.expanduser(section[key]))
+        if not expanded.is_absolute():
+            expanded = base / expanded
+        section[key] = os.path.abspath(expanded)
 
 
 def _resolve_override_path(raw: dict) -> None:
-    p = (raw.get("data") or {}).get("path") if isinstance(raw.get("data"), dict) else None
-    if isinstance(p, str) and p.strip():
-        raw["data"]["path"] = os.path.abspath(os.path.expanduser(p))
+    for section, key in _paths_in(raw):
+        section[key] = os.path.abspath(os.path.expanduser(section[key]))
 
 
 def load_config_with_sweep(
@@ -592,8 +611,7 @@ def load_config_with_sweep(
         raw = apply_overrides(raw, overrides)
     except ConfigError as e:
         raise _with_source(e, source) from None
-    if any(isinstance(o, str) and o.split("=", 1)[0].strip() == "data.path" for o in overrides):
-        _resolve_override_path(raw)
+    _resolve_override_path(raw)  # the file's own paths are absolute already
     spec = spec_from_dict(raw, source=source)
     return spec, sweep
 

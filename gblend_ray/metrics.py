@@ -76,3 +76,30 @@ def mean_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     if not defined:
         raise ValueError("mAUC is undefined: no class has both positive and negative samples in this split")
     return float(np.mean([roc_auc(scores[:, c], positive[:, c]) for c in defined]))
+
+
+HEADLINES = (
+    ("video_top1", "video_top5"),
+    ("top1", "top5"),
+    ("mAP", "mAUC"),
+)
+"""What a run is judged by, in order of preference: the paper's video-level accuracy
+when several clips per video were evaluated, else clip (or sample) accuracy, else, for a
+multi-label task, mAP; each with its companion metric."""
+
+LABELS = {"video_top1": "video top-1", "video_top5": "video top-5", "top1": "top-1", "top5": "top-5",
+          "mAP": "mAP", "mAUC": "mAUC", "loss": "loss"}
+
+
+def headline(test: dict) -> tuple[str, str]:
+    """The (main, companion) metric keys of a run's test metrics (``HEADLINES``)."""
+    for main, companion in HEADLINES:
+        if main in test:
+            return main, companion
+    raise ValueError(f"test metrics {sorted(test)} have none of {[m for m, _ in HEADLINES]}")
+
+
+def describe(test: dict) -> str:
+    """Every test metric of a run in one line, percentages but the loss."""
+    parts = [f"{label} {100 * test[key]:.1f}%" for key, label in LABELS.items() if key in test and key != "loss"]
+    return ", ".join([*parts, f"loss {test['loss']:.3f}"])

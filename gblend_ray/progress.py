@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from .metrics import describe
+
 
 def _say(line: str) -> None:
     # Straight to the process's stdout: Ray Train patches print() on its workers to also
@@ -38,13 +40,11 @@ class ProgressPrinter:
 
     def on_epoch(self, record: dict) -> None:
         weights = {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith("weights/")}
-        val = {k.split("/")[1]: v for k, v in record.items() if k.startswith("val/") and k.endswith("/top1")}
+        val = {k.split("/")[1]: v for k, v in record.items() if k.startswith("val/") and k.endswith(("/top1", "/mAP"))}
         _say(f"[{self.name}] epoch {record['epoch']}/{self.epochs}"
              + (f", super-epoch {self._rounds}" if self._rounds else "")
              + f"  weights {_weights(weights)}"
-             + (f"  val top-1 {' '.join(f'{h}={v:.3f}' for h, v in val.items())}" if val else ""))
+             + (f"  val {'mAP' if any(k.endswith('/mAP') for k in record) else 'top-1'} {' '.join(f'{h}={v:.3f}' for h, v in val.items())}" if val else ""))
 
     def on_end(self, results: dict) -> None:
-        t = results["test"]
-        _say(f"[{self.name}] done: test top-1 {t['top1']:.4f}, top-5 {t['top5']:.4f} "
-             f"({results['prediction_head']} head)")
+        _say(f"[{self.name}] done: test {describe(results['test'])} ({results['prediction_head']} head)")

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import LABELS, headline
+
 __all__ = ["RunRecord", "find_runs", "summarize", "weights_string", "write_report", "method_kind"]
 
 # Table order (the paper's): baselines first, G-Blend last; other kinds sit in between.
@@ -180,9 +182,12 @@ def _setting(run: RunRecord, runs: list[RunRecord]) -> str:
 def summarize(runs: list[RunRecord]) -> list[dict]:
     """One row per (method, modalities), in table order (uni-modal, naive, aux, others, G-Blend).
 
-    Each row: ``method``, ``modalities``, ``n_ok``, ``n_failed``, ``mean`` and ``std``
-    (population std) of test top-1 over the ok seeds as fractions, ``top5_mean``, ``seeds``
-    (of the ok runs), ``top1`` (per ok seed), ``weights`` (mean final weight per head over
+    Each row: ``method``, ``modalities``, ``metric`` and ``companion`` (test top-1 and
+    top-5; video-level top-1 and top-5 when several clips per video were evaluated; mAP
+    and mAUC for a multi-label task: ``metrics.headline``), ``n_ok``, ``n_failed``,
+    ``mean`` and ``std`` (population std) of the metric over the ok seeds as fractions,
+    ``top5_mean`` (the companion's mean), ``seeds`` (of the ok runs), ``top1`` (the
+    metric per ok seed), ``weights`` (mean final weight per head over
     the ok seeds, heads in the results' order), ``failed_seeds``, ``failed_paths``,
     ``errors`` (first line of each failure). With no ok run the numbers are None.
     """
@@ -194,8 +199,9 @@ def summarize(runs: list[RunRecord]) -> list[dict]:
     for (method, mods, setting), members in groups.items():
         ok = [r for r in members if r.ok]
         failed = [r for r in members if not r.ok]
-        top1 = [float(r.results["test"]["top1"]) for r in ok]
-        top5 = [float(r.results["test"]["top5"]) for r in ok if "top5" in r.results["test"]]
+        metric, companion = headline(ok[0].results["test"]) if ok else ("top1", "top5")
+        top1 = [float(r.results["test"][metric]) for r in ok]
+        top5 = [float(r.results["test"][companion]) for r in ok if companion in r.results["test"]]
         heads: list[str] = []
         for r in ok:
             heads += [h for h in r.results.get("final_weights", {}) if h not in heads]
@@ -207,6 +213,8 @@ def summarize(runs: list[RunRecord]) -> list[dict]:
             "method": method,
             "modalities": mods,
             "setting": setting,
+            "metric": metric,
+            "companion": companion,
             "n_ok": len(ok),
             "n_failed": len(failed),
             "mean": float(np.mean(top1)) if top1 else None,
@@ -520,22 +528,29 @@ def write_report(root: str | Path, out: str | Path | None = None) -> dict[str, P
             sections.append(("Per-class gain", p, per_class_note))
 
     # ---- report.md
+    ok_metrics = {(row["metric"], row["companion"]) for row in ok_rows}
+    main_label, companion_label = "metric", "companion metric"  # rows judged by different metrics
+    if len(ok_metrics) == 1:
+        ((m, c),) = ok_metrics
+        main_label, companion_label = LABELS[m], LABELS[c]
     md = [
         "# G-Blend report",
         "",
         f"Source: `{root.resolve()}` ({len(runs)} run{'s' if len(runs) != 1 else ''}, "
         f"{sum(not r.ok for r in runs)} failed)",
         "",
-        "Test top-1 and top-5 of each method's prediction head, mean ± std (population) over seeds.",
+        f"Test {main_label} and {companion_label} of each method's prediction head, mean ± std (population) "
+        "over seeds. Weights: the final G-Blend (or learned, for uncertainty weighting) weight of each head.",
         "",
     ]
     with_setting = any(row["setting"] for row in rows)
     md += ["| method | modalities | " + ("setting | " if with_setting else "")
-           + "test top-1 (%) | top-5 (%) | seeds ok/failed | G-Blend weights |",
+           + f"test {main_label} (%) | {companion_label} (%) | seeds ok/failed | weights |",
            "|---|---|" + ("---|" if with_setting else "") + "---|---|---|---|"]
     for row in rows:
         seeds = f"{row['n_ok']}/{row['n_failed']}" + (" FAILED" if row["n_failed"] else "")
-        weights = weights_string(row["weights"]) if _is_gblend(row["method"]) and row["weights"] else ""
+        shown = _is_gblend(row["method"]) or row["method"] == "uncertainty"
+        weights = weights_string(row["weights"]) if shown and row["weights"] else ""
         md.append(f"| {_md_cell(row['method'])} | {_md_cell(_mods_text(row['modalities']))} | "
                   + (f"{_md_cell(row['setting'])} | " if with_setting else "")
                   + f"{_pct(row['mean'], row['std'])} | {_pct(row['top5_mean'])} | {seeds} | {weights} |")

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .metrics import LABELS
 from .spec import TrackingSpec
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ class RunTracker:
             return
         try:
             test = results.get("test") or {}
-            for metric in ("top1", "top5", "loss"):
+            for metric in LABELS:
                 v = _number(test.get(metric))
                 if v is not None:
                     run.summary[f"test/{metric}"] = v

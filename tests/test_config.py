@@ -140,7 +140,7 @@ def test_unknown_nested_key_names_path_and_suggests(tmp_path):
 def test_unknown_top_level_key():
     err = _fails(_raw(blnd={"metric": "loss"}), "blnd")
     assert "did you mean 'blend'" in str(err)
-    assert "valid keys: data, model, optim, train, blend, trainer, probes, tracking, method, seed, name" in str(err)
+    assert "valid keys: data, model, optim, train, blend, baselines, trainer, probes, tracking, method, seed, name" in str(err)
 
 
 def test_section_field_written_at_top_level_suggests_section():

@@ -4,6 +4,7 @@ secret scrubbing and the W&B mode rule. No network: W&B runs with WANDB_MODE=off
 import csv
 import json
 import pickle
+import time
 import struct
 from pathlib import Path
 
@@ -150,8 +151,15 @@ def tracked(tmp_path_factory):
         tracker.on_end(RESULTS)
         tracker.on_end(RESULTS)  # idempotent
         files = sorted(run_dir.rglob("run-*.wandb"))
+        view = wandb_view(files[0]) if files else None
+        # W&B's service process may still be writing the run's last records when finish()
+        # returns (seen on a loaded 2-core machine): wait for the exit record, briefly.
+        deadline = time.monotonic() + 30
+        while view is not None and not view["exited"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            view = wandb_view(files[0])
         yield {"root": root, "run_dir": run_dir, "tracker": tracker, "after_use": after_use,
-               "files": files, "view": wandb_view(files[0]) if files else None}
+               "files": files, "view": view}
 
 
 def test_wandb_offline_run_is_written_once(tracked):
