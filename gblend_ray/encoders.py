@@ -3,17 +3,33 @@
 An encoder maps one modality's input ``(batch, *shape)`` to features ``(batch, dim)``.
 A builder takes the modality's per-sample shape and the model spec and returns the
 module with its ``feature_dim`` attribute set; adding a backbone is one registered
-builder (video and audio backbones join this registry later).
+builder. Registered:
+
+- ``mlp``: flatten → two FC layers, for feature vectors (``spec.hidden_dim``,
+  ``spec.feature_dim``).
+- ``r3d_18``, ``r2plus1d_18``, ``mc3_18``: torchvision video ResNets for clips shaped
+  (C, T, H, W), C=3 for RGB or 2 for optical flow; feature_dim 512.
+- ``resnet18``, ``resnet50``: torchvision 2-D ResNets for log-Mel audio shaped
+  (1, n_mels, frames) (any C); feature_dim 512 / 2048.
+
+The torchvision backbones are built randomly initialised (``weights=None``: nothing is
+downloaded) and without their classifier ``fc``, so ``spec.hidden_dim`` and
+``spec.feature_dim`` do not apply to them; pretrained weights come from a local file
+through ``model.weights`` (see ``model.load_encoder_weights``). A stem whose input
+channels differ from the modality's C is replaced by a fresh one taking C channels.
 
 An encoder may also expose an intermediate representation for mid-level fusion:
-``intermediate(x)`` (batch, intermediate_dim), ``from_intermediate(h)`` finishing the
-encoder (``forward(x) == from_intermediate(intermediate(x))``), an int
-``intermediate_dim`` and ``intermediate_parameters()``, the parameters that
-``intermediate`` uses (see ``INTERMEDIATE_API``).
+``intermediate(x)``, ``from_intermediate(h)`` finishing the encoder
+(``forward(x) == from_intermediate(intermediate(x))``), an int ``intermediate_dim`` and
+``intermediate_parameters()``, the parameters that ``intermediate`` uses (see
+``INTERMEDIATE_API``). The intermediate is (batch, intermediate_dim) for ``mlp``, and
+for the ResNets ``layer3``'s feature map (batch, intermediate_dim, *spatial), which a
+mid-level fusion pools.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 
@@ -79,3 +95,103 @@ class MLPEncoder(nn.Module):
 @register_encoder("mlp")
 def mlp(input_shape: tuple[int, ...], spec: ModelSpec) -> nn.Module:
     return MLPEncoder(math.prod(input_shape), spec.hidden_dim, spec.feature_dim, spec.dropout)
+
+
+class ResNetEncoder(nn.Module):
+    """A torchvision ResNet (2-D or video) without its classifier: stem → layer1..4 →
+    global average pool → (batch, fc.in_features).
+
+    The submodules keep torchvision's names, so the encoder's state dict is the
+    torchvision model's without ``fc.*`` and a full torchvision checkpoint loads into it.
+    The intermediate representation is ``layer3``'s feature map, so that a mid-level
+    fusion's head reaches the stem..layer3 and leaves ``layer4`` to the uni-modal head."""
+
+    def __init__(self, backbone: nn.Module, stem: tuple[str, ...]):
+        super().__init__()
+        self._trunk_names = (*stem, "layer1", "layer2", "layer3")
+        for name in (*self._trunk_names, "layer4"):
+            self.add_module(name, getattr(backbone, name))
+        self.feature_dim = backbone.fc.in_features
+        self.intermediate_dim = _out_channels(self.layer3)
+
+    def _trunk(self) -> list[nn.Module]:
+        return [getattr(self, name) for name in self._trunk_names]
+
+    def forward(self, x):
+        return self.from_intermediate(self.intermediate(x))
+
+    def intermediate(self, x):
+        """``layer3``'s feature map (batch, intermediate_dim, *spatial)."""
+        for module in self._trunk():
+            x = module(x)
+        return x
+
+    def from_intermediate(self, h):
+        """``layer4`` → global average pool → (batch, feature_dim)."""
+        return self.layer4(h).flatten(2).mean(2)
+
+    def intermediate_parameters(self) -> list[nn.Parameter]:
+        """The stem's and ``layer1``..``layer3``'s parameters."""
+        return [p for module in self._trunk() for p in module.parameters()]
+
+
+def _out_channels(layer: nn.Module) -> int:
+    """Output channels of a ResNet layer: its last batch norm's width."""
+    norms = [m for m in layer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return norms[-1].num_features
+
+
+def _with_in_channels(conv: nn.Module, channels: int) -> nn.Module:
+    """A freshly initialised copy of ``conv`` taking ``channels`` input channels."""
+    return type(conv)(channels, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
+                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                      bias=conv.bias is not None)
+
+
+def _torchvision(module: str, name: str) -> nn.Module:
+    """The torchvision model ``name``, randomly initialised. Imported on use, so that
+    importing the registry (every worker does) does not import torchvision."""
+    return getattr(importlib.import_module(module), name)(weights=None)
+
+
+def _video_builder(name: str) -> EncoderBuilder:
+    def build(input_shape: tuple[int, ...], spec: ModelSpec) -> nn.Module:
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"encoder {name!r} takes video clips shaped (C, T, H, W) (C=3 for RGB, 2 for optical "
+                f"flow), but the modality's per-sample shape is {input_shape}; give this modality an "
+                f"encoder for its shape in model.encoders ('resnet18' or 'resnet50' for "
+                f"(1, n_mels, frames) audio, 'mlp' for feature vectors)")
+        backbone = _torchvision("torchvision.models.video", name)
+        if input_shape[0] != backbone.stem[0].in_channels:
+            backbone.stem[0] = _with_in_channels(backbone.stem[0], input_shape[0])
+        return ResNetEncoder(backbone, ("stem",))
+
+    return build
+
+
+def _audio_builder(name: str) -> EncoderBuilder:
+    def build(input_shape: tuple[int, ...], spec: ModelSpec) -> nn.Module:
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"encoder {name!r} takes log-Mel spectrograms shaped (C, n_mels, frames) (C=1 for "
+                f"audio), but the modality's per-sample shape is {input_shape}; give this modality an "
+                f"encoder for its shape in model.encoders ('r3d_18', 'r2plus1d_18' or 'mc3_18' for "
+                f"(C, T, H, W) video, 'mlp' for feature vectors)")
+        backbone = _torchvision("torchvision.models", name)
+        if input_shape[0] != backbone.conv1.in_channels:
+            backbone.conv1 = _with_in_channels(backbone.conv1, input_shape[0])
+        return ResNetEncoder(backbone, ("conv1", "bn1", "relu", "maxpool"))
+
+    return build
+
+
+VIDEO_BACKBONES = ("r3d_18", "r2plus1d_18", "mc3_18")
+"""torchvision.models.video backbones, for (C, T, H, W) clips."""
+AUDIO_BACKBONES = ("resnet18", "resnet50")
+"""torchvision 2-D ResNets, for (C, n_mels, frames) log-Mel spectrograms."""
+
+for _name in VIDEO_BACKBONES:
+    register_encoder(_name)(_video_builder(_name))
+for _name in AUDIO_BACKBONES:
+    register_encoder(_name)(_audio_builder(_name))

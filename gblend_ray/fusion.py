@@ -8,7 +8,8 @@ fusion (``lmf``, Liu et al. 2018) and mid-level concatenation (``mid_concat``).
 A fusion whose module has ``uses_intermediate = True`` (and whose builder carries the
 same attribute, see ``fusion_uses_intermediate``) is given each encoder's intermediate
 representation (``encoder.intermediate(x)``) instead of its final features; its builder
-receives the encoders' ``intermediate_dim`` as ``feature_dims``.
+receives the encoders' ``intermediate_dim`` as ``feature_dims``. An intermediate may be
+a conv encoder's feature map (batch, intermediate_dim, *spatial); ``mid_concat`` pools it.
 """
 
 from __future__ import annotations
@@ -70,9 +71,16 @@ class ConcatFusion(nn.Module):
 class MidConcatFusion(ConcatFusion):
     """Mid-level fusion: the encoders' intermediate features, concatenated → FC → FC →
     prediction layer. The fused head reaches only the encoders' layers up to their
-    intermediate representation."""
+    intermediate representation.
+
+    A conv encoder's intermediate is a feature map (batch, channels, *spatial) whose
+    spatial size differs between modalities; it is global-average-pooled to
+    (batch, channels) so that maps of any size concatenate with vectors."""
 
     uses_intermediate = True
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return super().forward({m: h.flatten(2).mean(2) if h.dim() > 2 else h for m, h in features.items()})
 
 
 class SEFusion(nn.Module):
