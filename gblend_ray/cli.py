@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     flo.add_argument("out_dir", help="where the flow files go; give it to runs as data.media.flow_dir")
     flo.add_argument("--resize", type=int, default=128, help="short side of the frames flow is computed on")
     flo.add_argument("--workers", type=int, default=1)
+    flo.add_argument("--on-bad-sample", choices=("error", "skip"), default="error",
+                     help="stop at a file that cannot be decoded (default), or leave it out")
     return p
 
 
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "extract-flow":
             from .flow import extract_flow
 
-            index = extract_flow(args.manifest, args.out_dir, resize=args.resize, workers=args.workers)
+            index = extract_flow(args.manifest, args.out_dir, resize=args.resize, workers=args.workers,
+                                 on_bad_sample=args.on_bad_sample)
             print(f"wrote optical flow to {args.out_dir} ({index}); set data.media.flow_dir: {args.out_dir}")
         elif args.command == "run":
             spec, dataset = _load(args)

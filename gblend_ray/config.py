@@ -20,8 +20,9 @@ fields; ``dict[str, str]`` needs string keys and values. A section written empty
 A top-level ``sweep:`` section is allowed in a file; ``load_config`` ignores it and
 ``load_config_with_sweep`` returns it, unchecked, for the sweep layer to read.
 
-A relative ``data.path`` or ``data.media.flow_dir`` written in a file is resolved against
-that file's directory; one given by an override is resolved against the current directory.
+A relative ``data.path``, ``data.media.flow_dir`` or ``model.weights.<modality>`` written
+in a file is resolved against that file's directory; one given by an override is
+resolved against the current directory.
 
 Imports only the stdlib, PyYAML and the pure-Python modules ``spec``, ``plan`` and
 ``rounds`` (no torch, no Ray).
@@ -347,7 +348,8 @@ def validate(spec: RunSpec) -> None:
         )
 
     md = d.media
-    for name in ("frames", "stride", "resize", "size", "sample_rate", "n_mels", "mel_frames", "eval_clips"):
+    for name in ("frames", "stride", "resize", "size", "sample_rate", "n_mels", "mel_frames", "eval_clips",
+                 "eval_clip_batch"):
         _check_int_min(f"data.media.{name}", getattr(md, name), 1)
     if md.size > md.resize:
         raise _error("data.media.size", f"the crop ({md.size}) is cut from frames whose short side is "
@@ -434,12 +436,13 @@ def check_against_dataset(spec: RunSpec, modalities: list[str]) -> None:
     if spec.data.modalities:
         modalities = list(spec.data.modalities)
     _check_method(spec, modalities)
-    for name in spec.model.encoders:
-        if name not in modalities:
-            raise _error(
-                f"model.encoders.{name}",
-                f"the dataset has no modality {name!r}; its modalities are {', '.join(modalities)}",
-            )
+    for field_name in ("encoders", "weights"):
+        for name in getattr(spec.model, field_name):
+            if name not in modalities:
+                raise _error(
+                    f"model.{field_name}.{name}",
+                    f"the dataset has no modality {name!r}; its modalities are {', '.join(modalities)}",
+                )
 
 
 # --------------------------------------------------------------------------- dicts
@@ -569,13 +572,17 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _paths_in(raw: dict) -> list[tuple[dict, str]]:
-    """The (section, key) of every path field: ``data.path`` and ``data.media.flow_dir``."""
+    """The (section, key) of every path field: ``data.path``, ``data.media.flow_dir`` and
+    each ``model.weights.<modality>``."""
     data = raw.get("data")
     if not isinstance(data, dict):
-        return []
+        data = {}
     found = [(data, "path")]
     if isinstance(data.get("media"), dict):
         found.append((data["media"], "flow_dir"))
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("weights"), dict):
+        found += [(model["weights"], m) for m in model["weights"]]
     return [(section, key) for section, key in found if isinstance(section.get(key), str) and section[key].strip()]
 
 

@@ -37,7 +37,9 @@ class BatchSource(Protocol):
     ``batches(order, train=, epoch=)`` yields one ``(inputs, targets)`` per index tensor
     of ``order``, in that order: ``inputs[m]`` holds ``len(index) * clips_per_sample``
     samples (the clips of one sample are consecutive), ``targets`` one row per sample.
-    ``train`` asks for training-time augmentation, seeded by ``epoch``.
+    ``train`` asks for training-time augmentation, seeded by ``epoch``. A source may cap
+    the samples of an evaluation batch with an ``eval_batch_size`` attribute (video clips
+    are far larger than feature vectors).
     """
 
     clips_per_sample: int
@@ -49,7 +51,8 @@ class BatchSource(Protocol):
 
 @dataclass
 class TensorData:
-    """Inputs per modality and targets, indexed on the first axis."""
+    """Inputs per modality and targets, indexed on the first axis; with
+    ``clips_per_sample`` k > 1, ``inputs`` hold k consecutive rows per target."""
 
     inputs: dict[str, torch.Tensor]
     targets: torch.Tensor
@@ -67,7 +70,9 @@ class TensorData:
         return cls(inputs, torch.as_tensor(labels[idx], dtype=dtype, device=device))
 
     def take(self, index: torch.Tensor) -> Batch:
-        return {m: x[index] for m, x in self.inputs.items()}, self.targets[index]
+        k = self.clips_per_sample  # inputs hold k consecutive rows (clips) per sample
+        rows = index if k == 1 else (index[:, None] * k + torch.arange(k, device=index.device)).reshape(-1)
+        return {m: x[rows] for m, x in self.inputs.items()}, self.targets[index]
 
     def batches(self, order: Sequence[torch.Tensor], *, train: bool, epoch: int) -> Iterator[Batch]:
         return (self.take(index) for index in order)
@@ -216,6 +221,7 @@ def predict(model: nn.Module, data: BatchSource, heads: Sequence[str] | None = N
     model.eval()
     device = _device_of(model)
     k = data.clips_per_sample
+    batch_size = min(batch_size, getattr(data, "eval_batch_size", batch_size))
     parts: dict[str, list] = {}
     sums: dict[str, list[float]] = {}
     target_parts = []

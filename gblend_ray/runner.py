@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from .data import Dataset, Splits, load_dataset, make_splits
-from .engine import TensorData, evaluate, make_optimizer, metrics_of, per_class_top1, predict, train_epochs
-from .model import MultiHeadNet, build_model
+from .engine import BatchSource, TensorData, evaluate, make_optimizer, metrics_of, per_class_top1, predict, train_epochs
+from .media import MediaDataset, is_media_path, load_media_dataset
+from .model import MultiHeadNet, build_model, load_encoder_weights
 from .plan import FINETUNE, FUSED, Method, Segment, fixed_weights, lr_at, parse_method, plan_segments
 from .probe import ProbeResult, probe_seed, run_probe
 from .rounds import decide_round
@@ -47,20 +48,29 @@ class RunObserver(Protocol):
 
 @dataclass
 class RunData:
-    """The dataset cut into the tensors a run needs: T, T', V and test."""
+    """The dataset cut into the sources a run needs: T, T', V and test. Arrays become
+    tensors in memory; a media manifest becomes clip sources decoded by worker
+    processes, the test source with ``data.media.eval_clips`` clips per video."""
 
-    dataset: Dataset
+    dataset: Dataset | MediaDataset
     splits: Splits
-    train: TensorData
-    train_subset: TensorData
-    heldout: TensorData
-    test: TensorData
+    train: BatchSource
+    train_subset: BatchSource
+    heldout: BatchSource
+    test: BatchSource
 
 
-def ensure_dataset(spec: RunSpec) -> Dataset:
-    """Load ``data.path``, first writing the synthetic preset there if one is named and
-    the directory does not exist yet; keep the modalities ``data.modalities`` names."""
+def ensure_dataset(spec: RunSpec) -> Dataset | MediaDataset:
+    """Load ``data.path`` (an array dataset or a media manifest), first writing the
+    synthetic preset there if one is named and the directory does not exist yet; keep
+    the modalities ``data.modalities`` names."""
     path = Path(spec.data.path)
+    if is_media_path(path):
+        dataset = load_media_dataset(path, spec.data.media, spec.data.modalities)
+        if dataset.task == "multilabel" and spec.blend.metric != "loss":
+            raise ValueError(f"{dataset.path} is a multi-label task: set blend.metric: loss "
+                             "(top-1 accuracy is not defined for it)")
+        return dataset
     if spec.data.preset and not (path / "meta.yaml").exists():
         logger.info("writing synthetic preset %r to %s", spec.data.preset, path)
         generate_preset(spec.data.preset, path, seed=spec.data.preset_seed)
@@ -82,6 +92,13 @@ def prepare_data(spec: RunSpec, dataset: Dataset | None = None, device: str = "c
     d = spec.data
     splits = make_splits(dataset, heldout_fraction=d.heldout_fraction, subset_size=d.subset_size,
                          seed=spec.seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction)
+
+    if isinstance(dataset, MediaDataset):
+        def clips(idx: np.ndarray, train: bool = False, k: int = 1) -> BatchSource:
+            return dataset.source(idx, train=train, clips_per_sample=k, seed=spec.seed)
+
+        return RunData(dataset, splits, clips(splits.train, train=True), clips(splits.train_subset),
+                       clips(splits.heldout), clips(splits.test, k=d.media.eval_clips))
 
     def tensors(idx: np.ndarray) -> TensorData:
         return TensorData.from_arrays(dataset.modalities, dataset.labels, idx, device)
@@ -129,7 +146,8 @@ def early_stopping(spec: RunSpec, method: Method, model: MultiHeadNet, heldout: 
 
 def load_pretrained(model: MultiHeadNet, optimizer: torch.optim.Optimizer, directory: Path) -> dict[str, Path]:
     """End of a ``pretrain`` run's uni-modal phase: save every encoder's state dict to
-    ``directory/<modality>.pt`` and load it back into the fused model's encoder, then
+    ``directory/<modality>.pt`` and load it back into the fused model's encoder with
+    ``load_encoder_weights`` (the files can start other runs as ``model.weights``), then
     clear the optimizer's state so fine-tuning starts fresh (as a separately trained
     model would be loaded into a new one). The fusion head is still at its
     initialisation: with weight 0 it got no gradient in the uni-modal phase."""
@@ -139,7 +157,7 @@ def load_pretrained(model: MultiHeadNet, optimizer: torch.optim.Optimizer, direc
         paths[m] = directory / f"{m}.pt"
         torch.save(model.encoders[m].state_dict(), paths[m])
     for m, path in paths.items():
-        model.encoders[m].load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        load_encoder_weights(model.encoders[m], str(path), m)
     optimizer.state.clear()
     return paths
 
@@ -269,6 +287,7 @@ def final_results(spec: RunSpec, model: MultiHeadNet, data: RunData, method: Met
         "final_weights": (trajectory[-1]["weights"] if trajectory
                           else model.learned_weights() or fixed_weights(method, model.modalities)),
         "early_stopping": stopper.summary() if stopper is not None else None,
+        "skipped": dict(getattr(data.dataset, "skipped", {})),
         "splits": data.splits.sizes(),
         "history": history,
         "seconds": seconds,

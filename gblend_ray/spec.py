@@ -12,6 +12,41 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class MediaSpec:
+    """How clips are cut from video files (``data.path`` is a media manifest; see
+    ``media.py``). Paper: 16 RGB frames at 224x224, audio as 100 x 40 log-Mel."""
+
+    frames: int = 8
+    """Frames per RGB (and flow) clip (paper: 16)."""
+    stride: int = 2
+    """Step between a clip's frames, in decoded frames."""
+    resize: int = 128
+    """Frames are resized so their short side is this many pixels, then cropped."""
+    size: int = 112
+    """Crop size (train: random crop and horizontal flip; eval: centre crop). Paper: 224."""
+    sample_rate: int = 16000
+    """Audio is resampled to this rate before the log-Mel transform."""
+    n_mels: int = 40
+    """Mel filters (paper: 40)."""
+    mel_frames: int = 100
+    """Temporal frames of the log-Mel spectrogram of one clip's audio window (paper: 100)."""
+    flow_dir: str | None = None
+    """Output directory of ``gblend extract-flow`` (needed for the ``flow`` modality)."""
+    eval_clips: int = 10
+    """K: uniformly spaced clips per video whose predictions are averaged at test time
+    (video-level top-1/top-5; paper: 10)."""
+    eval_clip_batch: int = 32
+    """Clips per evaluation batch (a batch holds this many clips divided by K samples):
+    ``train.eval_batch_size`` is sized for feature vectors, far too many video clips."""
+    num_workers: int = 2
+    """DataLoader worker processes that decode and transform clips."""
+    on_bad_sample: str = "error"
+    """``error``: stop at an unreadable, truncated or too short file (or one without an
+    audio stream when audio is used), naming it; ``skip``: leave it out, count it and
+    name it in the run's results."""
+
+
+@dataclass
 class DataSpec:
     """Where the data is and how the train split is cut into T, V and T'."""
 
@@ -32,6 +67,8 @@ class DataSpec:
     """Used only when the dataset has no ``split.npy``."""
     test_fraction: float = 0.2
     """Used only when the dataset has no ``split.npy``."""
+    media: MediaSpec = field(default_factory=MediaSpec)
+    """Clip settings when ``path`` is a media manifest (ignored for array datasets)."""
 
 
 @dataclass
@@ -42,12 +79,18 @@ class ModelSpec:
     """Encoder registry name used for every modality unless ``encoders`` names one."""
     encoders: dict[str, str] = field(default_factory=dict)
     """Per-modality encoder overrides, e.g. ``{audio: mlp}``."""
+    weights: dict[str, str] = field(default_factory=dict)
+    """modality → path of a local state dict (torch.save) loaded into that modality's
+    encoder after it is built; nothing is downloaded."""
     hidden_dim: int = 128
     feature_dim: int = 64
     fusion: str = "concat"
     """Fusion registry name (late concatenation, paper §3.1)."""
     fusion_hidden_dim: int = 128
     dropout: float = 0.0
+    fusion_dropout: float = 0.0
+    """Dropout on the fused head's input, the concatenated (or gated) features of every
+    modality; method ``dropout`` sets it to ``baselines.dropout``."""
 
 
 @dataclass
@@ -99,6 +142,20 @@ class BlendSpec:
 
 
 @dataclass
+class BaselinesSpec:
+    """Settings of the regularizing baselines G-Blend is compared with (paper Table 5)."""
+
+    dropout: float = 0.5
+    """Method ``dropout``: dropout rate on the fused head's concatenated input."""
+    pretrain_epochs: int | None = None
+    """Method ``pretrain``: epochs of uni-modal training of every encoder before the
+    fused model is fine-tuned for ``train.epochs`` (default: ``train.epochs``)."""
+    patience: int = 5
+    """Method ``early_stop``: stop after this many epochs without a lower fused loss on V;
+    the model of the best epoch is kept."""
+
+
+@dataclass
 class TrainerSpec:
     """The Ray Train side of a run (ignored by the in-process runner)."""
 
@@ -146,11 +203,13 @@ class RunSpec:
     optim: OptimSpec = field(default_factory=OptimSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     blend: BlendSpec = field(default_factory=BlendSpec)
+    baselines: BaselinesSpec = field(default_factory=BaselinesSpec)
     trainer: TrainerSpec = field(default_factory=TrainerSpec)
     probes: ProbesSpec = field(default_factory=ProbesSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
     method: str = "gblend:online"
-    """``uni:<modality>``, ``naive``, ``aux``, ``gblend`` (schedule from ``blend.schedule``),
-    ``gblend:offline`` or ``gblend:online``."""
+    """``uni:<modality>``, ``naive``, ``aux``, ``dropout``, ``pretrain``, ``uncertainty``,
+    ``early_stop``, ``gblend`` (schedule from ``blend.schedule``), ``gblend:offline`` or
+    ``gblend:online`` (see ``plan.py``)."""
     seed: int = 0
     name: str | None = None

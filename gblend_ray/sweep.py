@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -98,7 +99,7 @@ def sweep_trial(config: dict, prepare: PrepareRun, out: str, engine: str) -> Non
     done = run_dir / "results.json"
     if done.exists():  # finished before the sweep was interrupted: never run twice
         results = json.loads(done.read_text())
-        tune.report({"test_top1": results["test"]["top1"], "test_top5": results["test"]["top5"], "reused": 1})
+        tune.report({**_test_metrics(results), "reused": 1})
         return
     (run_dir / "error.txt").unlink(missing_ok=True)
     spec, observer = prepare(overrides, run_dir)
@@ -109,7 +110,25 @@ def sweep_trial(config: dict, prepare: PrepareRun, out: str, engine: str) -> Non
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
         raise
-    tune.report({"test_top1": results["test"]["top1"], "test_top5": results["test"]["top5"], "reused": 0})
+    finally:
+        _close_wandb()
+    tune.report({**_test_metrics(results), "reused": 0})
+
+
+def _test_metrics(results: dict) -> dict[str, float]:
+    """What Tune records of a trial: every test metric (top-1, video top-1, mAP, ...)."""
+    return {f"test_{k}": float(v) for k, v in results["test"].items()}
+
+
+def _close_wandb() -> None:
+    """Stop this trial process's W&B service now. Left to its exit hook, it runs after
+    Ray has torn the process down and prints a "Connection lost" traceback per trial."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        try:
+            wandb.teardown()
+        except Exception:  # tracking never fails a trial
+            pass
 
 
 def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Path, *, cpus_per_trial: float,

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from gblend_ray.engine import TensorData, batch_order, evaluate, make_optimizer, train_epochs
@@ -60,3 +61,25 @@ def test_head_train_safeguard_trains_the_head_not_its_encoders():
     assert any(k.startswith("fusion.") for k in changed)
     assert any(k.startswith("encoders.v.") for k in changed)
     assert not any(k.startswith(("encoders.a.", "heads.a.")) for k in changed)
+
+
+def test_video_level_metrics_average_a_samples_clips():
+    # 2 samples x 2 clips, 3 classes. Sample 0 (class 0): clip a says class 1 confidently
+    # wrong, clip b says class 0 more confidently; the average picks class 0. Sample 1
+    # (class 2): both clips say class 1.
+    logits = torch.tensor([[0.0, 2.0, 0.0], [4.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 3.0, 1.0]])
+    data = TensorData({"x": torch.arange(4.0)[:, None]}, torch.tensor([0, 2]), clips_per_sample=2)
+    m = evaluate(_Fixed(logits), data)["fused"]
+    assert m["top1"] == 1 / 4  # clip level: only clip b of sample 0 is right
+    assert m["video_top1"] == 1 / 2
+    assert m["video_top5"] == 1.0
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0, 2, 2])).item()
+    assert m["loss"] == pytest.approx(expected)
+
+
+def test_multilabel_evaluation_reports_map_and_mauc():
+    logits = torch.tensor([[2.0, -2.0], [1.0, 1.0], [-1.0, 0.5], [-2.0, -1.0]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    m = evaluate(_Fixed(logits), TensorData({"x": torch.arange(4.0)[:, None]}, targets))["fused"]
+    assert set(m) == {"loss", "mAP", "mAUC"}
+    assert m["mAP"] == pytest.approx((5 / 6 + 1) / 2) and m["mAUC"] == pytest.approx((3 / 4 + 1) / 2)

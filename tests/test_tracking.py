@@ -4,8 +4,8 @@ secret scrubbing and the W&B mode rule. No network: W&B runs with WANDB_MODE=off
 import csv
 import json
 import pickle
-import time
 import struct
+import time
 from pathlib import Path
 
 import pytest
