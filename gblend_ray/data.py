@@ -49,15 +49,12 @@ class DatasetError(ValueError):
     """A dataset directory does not follow the format in this module's docstring."""
 
 
-@dataclass(eq=False)  # element-wise array equality makes a generated __eq__ useless
-class Dataset:
-    path: Path | None
-    name: str
-    task: str
+class LabelledSamples:
+    """What every data set has for ``make_splits`` and the model: ``task``, ``classes``,
+    ``labels`` and ``split`` fields (arrays here, media files in ``media.MediaDataset``)."""
+
     classes: list[str]
-    modalities: dict[str, np.ndarray]
     labels: np.ndarray
-    split: np.ndarray | None = None
 
     @property
     def num_samples(self) -> int:
@@ -66,6 +63,17 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+@dataclass(eq=False)  # element-wise array equality makes a generated __eq__ useless
+class Dataset(LabelledSamples):
+    path: Path | None
+    name: str
+    task: str
+    classes: list[str]
+    modalities: dict[str, np.ndarray]
+    labels: np.ndarray
+    split: np.ndarray | None = None
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: tuple(int(d) for d in arr.shape[1:]) for name, arr in self.modalities.items()}

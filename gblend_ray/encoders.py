@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -154,34 +155,41 @@ def _torchvision(module: str, name: str) -> nn.Module:
     return getattr(importlib.import_module(module), name)(weights=None)
 
 
-def _video_builder(name: str) -> EncoderBuilder:
+@dataclass(frozen=True)
+class _BackboneKind:
+    module: str
+    """Where torchvision defines the models."""
+    input: str
+    """The per-sample shape the models take, in words."""
+    others: str
+    """What to use for the other shapes, for the error message."""
+    ndim: int
+    stem: tuple[str, ...]
+    """The stem's submodules, in order."""
+    first_conv: str
+    """The stem's first convolution (replaced to take the modality's channels)."""
+
+
+_VIDEO = _BackboneKind("torchvision.models.video", "video clips shaped (C, T, H, W) (C=3 for RGB, 2 for optical flow)",
+                       "'resnet18' or 'resnet50' for (1, n_mels, frames) audio", 4, ("stem",), "stem.0")
+_AUDIO = _BackboneKind("torchvision.models", "log-Mel spectrograms shaped (C, n_mels, frames) (C=1 for audio)",
+                       "'r3d_18', 'r2plus1d_18' or 'mc3_18' for (C, T, H, W) video", 3,
+                       ("conv1", "bn1", "relu", "maxpool"), "conv1")
+
+
+def _backbone_builder(name: str, kind: _BackboneKind) -> EncoderBuilder:
     def build(input_shape: tuple[int, ...], spec: ModelSpec) -> nn.Module:
-        if len(input_shape) != 4:
+        if len(input_shape) != kind.ndim:
             raise ValueError(
-                f"encoder {name!r} takes video clips shaped (C, T, H, W) (C=3 for RGB, 2 for optical "
-                f"flow), but the modality's per-sample shape is {input_shape}; give this modality an "
-                f"encoder for its shape in model.encoders ('resnet18' or 'resnet50' for "
-                f"(1, n_mels, frames) audio, 'mlp' for feature vectors)")
-        backbone = _torchvision("torchvision.models.video", name)
-        if input_shape[0] != backbone.stem[0].in_channels:
-            backbone.stem[0] = _with_in_channels(backbone.stem[0], input_shape[0])
-        return ResNetEncoder(backbone, ("stem",))
-
-    return build
-
-
-def _audio_builder(name: str) -> EncoderBuilder:
-    def build(input_shape: tuple[int, ...], spec: ModelSpec) -> nn.Module:
-        if len(input_shape) != 3:
-            raise ValueError(
-                f"encoder {name!r} takes log-Mel spectrograms shaped (C, n_mels, frames) (C=1 for "
-                f"audio), but the modality's per-sample shape is {input_shape}; give this modality an "
-                f"encoder for its shape in model.encoders ('r3d_18', 'r2plus1d_18' or 'mc3_18' for "
-                f"(C, T, H, W) video, 'mlp' for feature vectors)")
-        backbone = _torchvision("torchvision.models", name)
-        if input_shape[0] != backbone.conv1.in_channels:
-            backbone.conv1 = _with_in_channels(backbone.conv1, input_shape[0])
-        return ResNetEncoder(backbone, ("conv1", "bn1", "relu", "maxpool"))
+                f"encoder {name!r} takes {kind.input}, but the modality's per-sample shape is {input_shape}; "
+                f"give this modality an encoder for its shape in model.encoders ({kind.others}, "
+                "'mlp' for feature vectors)")
+        backbone = _torchvision(kind.module, name)
+        first = backbone.get_submodule(kind.first_conv)
+        if input_shape[0] != first.in_channels:
+            parent, _, attr = kind.first_conv.rpartition(".")
+            setattr(backbone.get_submodule(parent), attr, _with_in_channels(first, input_shape[0]))
+        return ResNetEncoder(backbone, kind.stem)
 
     return build
 
@@ -192,6 +200,6 @@ AUDIO_BACKBONES = ("resnet18", "resnet50")
 """torchvision 2-D ResNets, for (C, n_mels, frames) log-Mel spectrograms."""
 
 for _name in VIDEO_BACKBONES:
-    register_encoder(_name)(_video_builder(_name))
+    register_encoder(_name)(_backbone_builder(_name, _VIDEO))
 for _name in AUDIO_BACKBONES:
-    register_encoder(_name)(_audio_builder(_name))
+    register_encoder(_name)(_backbone_builder(_name, _AUDIO))

@@ -81,7 +81,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from .data import SPLIT_VALUES, TASKS
+from .data import SPLIT_VALUES, TASKS, LabelledSamples
 from .spec import MediaSpec
 
 if TYPE_CHECKING:
@@ -513,7 +513,7 @@ def _check_file(row: ManifestRow, spec: MediaSpec, need_audio: bool,
 
 
 @dataclass(eq=False)  # element-wise array equality makes a generated __eq__ useless
-class MediaDataset:
+class MediaDataset(LabelledSamples):
     """A checked media manifest: labels, splits and per-sample files, decoded on demand.
 
     Has the fields ``make_splits`` reads (``task``, ``labels``, ``split``, ``num_classes``);
@@ -534,14 +534,6 @@ class MediaDataset:
     """Files left out under ``on_bad_sample: skip``: manifest path (with ``#t=start,end``
     for a segment) → why."""
     flow: FlowIndex | None = None
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self.modalities)
