@@ -148,3 +148,21 @@ def test_probe_trials_never_take_the_trainers_share():
     assert probe_trials_that_fit(spec, 3, available={"CPU": 8.0}) == 3
     spec.probes.resources = {"CPU": 0.5}
     assert probe_trials_that_fit(spec, 3, available={"CPU": 2.0}) == 2
+
+
+def test_a_media_run_on_ray_decodes_clips_in_the_workers(ray_cluster, tmp_path):
+    """mp4 files through Ray Train and the Tune probe trials: every process loads the
+    manifest and decodes its own clips."""
+    from gblend_ray.testmedia import write_test_media
+
+    manifest = write_test_media(tmp_path / "media", classes=3, per_class=5, seconds=1.5, fps=12, size=48)
+    spec = _spec(manifest, epochs=2)
+    spec.blend.warmup_epochs, spec.blend.super_epoch = 1, 1
+    spec.data.heldout_fraction, spec.data.test_fraction, spec.data.val_fraction = 0.2, 0.25, 0.0
+    m = spec.data.media
+    m.frames, m.stride, m.resize, m.size, m.n_mels, m.mel_frames, m.eval_clips, m.num_workers = 2, 2, 20, 16, 8, 12, 2, 1
+    spec.train.batch_size = 4
+    results = run_on_ray(spec, tmp_path / "run")
+    assert [r["epoch"] for r in results["trajectory"]] == [0, 1]
+    assert set(results["trajectory"][0]["weights"]) == {"video", "audio", "fused"}
+    assert {"video_top1", "video_top5"} <= set(results["test"])
