@@ -11,6 +11,7 @@ round from its record.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import ray
 import ray.train
 import ray.train.collective  # explicit: the submodule is not imported by ray.train
 import torch
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from .engine import make_optimizer
@@ -28,6 +29,22 @@ from .probe_trials import STATE_FILE, load_state
 from .runner import (early_stopping, epoch_metrics, final_results, method_of, new_model, prepare_data, run_probes,
                      segments_of, train_plan, trained_parameters)
 from .spec import RunSpec
+
+
+STAGING = "checkpoint_staging"
+"""Rank 0 writes a checkpoint here; Ray Train moves it to ``persisted_dir``."""
+KEEP_CHECKPOINTS = 2
+"""Boundary checkpoints kept: the latest one is all that a round or a resume reads; the
+one before stays until the newer is committed."""
+
+
+STORAGE, RUN_NAME = "ray", "train"
+"""Ray Train's ``storage_path`` under the run directory and its run name."""
+
+
+def persisted_dir(run_dir: Path, name: str) -> Path:
+    """``RUN_DIR/ray/train/<name>``, where Ray Train persists the checkpoint ``name``."""
+    return run_dir / STORAGE / RUN_NAME / name
 
 
 def _save(path: Path, model, optimizer, epoch: int, weights, history: list[dict], results: dict | None) -> Path:
@@ -74,16 +91,20 @@ def train_loop(config: dict) -> None:
         ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
     def checkpoint_dir(epoch: int, final: bool = False) -> Path:
-        return run_dir / "checkpoints" / (f"epoch_{epoch:04d}" + ("_final" if final else ""))
+        """Where Ray Train persists a boundary's checkpoint: the probes read it there."""
+        return persisted_dir(run_dir, f"epoch_{epoch:04d}" + ("_final" if final else ""))
 
     def report(epoch: int, weights, final: bool = False, results: dict | None = None) -> Path:
         """Every rank calls this equally often (``ray.train.report`` is a barrier)."""
         where = checkpoint_dir(epoch, final)
         ckpt = None
         if rank == 0:
-            ckpt = Checkpoint.from_directory(str(_save(where, model, optimizer, epoch, weights, history, results)))
-        ray.train.report({"epoch": epoch, "final": final}, checkpoint=ckpt,
-                         checkpoint_dir_name=where.name)
+            staged = _save(run_dir / STAGING / where.name, model, optimizer, epoch, weights, history, results)
+            ckpt = Checkpoint.from_directory(str(staged))
+        # Synchronous upload, then the staged copy goes: one copy of each checkpoint on disk
+        # (a video backbone's checkpoint is hundreds of MB).
+        ray.train.report({"epoch": epoch, "final": final}, checkpoint=ckpt, checkpoint_dir_name=where.name,
+                         delete_local_checkpoint_after_upload=True)
         return where
 
     def weights_for(segment: Segment) -> dict[str, float]:
@@ -124,6 +145,9 @@ def train_loop(config: dict) -> None:
         if observer is not None:
             observer.on_end(results)
     report(spec.train.epochs, results["final_weights"] if results else None, final=True, results=results)
+    if rank == 0:
+        with contextlib.suppress(OSError):  # emptied by the uploads; left if anything remains
+            (run_dir / STAGING).rmdir()
 
 
 def build_trainer(spec: RunSpec, run_dir: Path, coordinator: str, namespace: str, observer=None) -> TorchTrainer:
@@ -134,7 +158,8 @@ def build_trainer(spec: RunSpec, run_dir: Path, coordinator: str, namespace: str
                            "namespace": namespace, "observer": observer},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=dict(t.resources_per_worker)),
-        run_config=RunConfig(name="train", storage_path=str(run_dir / "ray"),
+        run_config=RunConfig(name=RUN_NAME, storage_path=str(run_dir / STORAGE),
+                             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                              failure_config=FailureConfig(max_failures=t.max_failures)),
     )
 

@@ -36,6 +36,10 @@ def test_one_worker_matches_the_in_process_runner_and_probes_overlap(ray_cluster
     for a, b in zip(on_ray["trajectory"], inline["trajectory"], strict=True):
         assert a["weights"] == pytest.approx(b["weights"], abs=1e-6)
     assert on_ray["test"]["top1"] == pytest.approx(inline["test"]["top1"], abs=1e-6)
+    # one copy of each checkpoint, the last two kept: the final one and the last boundary's
+    kept = sorted(p.name for p in (tmp_path / "ray" / "ray" / "train").glob("epoch_*"))
+    assert kept == ["epoch_0006", "epoch_0008_final"]
+    assert not (tmp_path / "ray" / "checkpoint_staging").exists()
     saved = json.loads((tmp_path / "ray" / "trajectory.json").read_text())
     assert [r["epoch"] for r in saved] == [0, 4, 6]
     # the k+1 probes of a round ran at the same time: every probe started before any ended
