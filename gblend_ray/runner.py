@@ -67,14 +67,15 @@ def ensure_dataset(spec: RunSpec) -> Dataset | MediaDataset:
     path = Path(spec.data.path)
     if is_media_path(path):
         dataset = load_media_dataset(path, spec.data.media, spec.data.modalities)
-        if dataset.task == "multilabel" and spec.blend.metric != "loss":
-            raise ValueError(f"{dataset.path} is a multi-label task: set blend.metric: loss "
-                             "(top-1 accuracy is not defined for it)")
-        return dataset
-    if spec.data.preset and not (path / "meta.yaml").exists():
-        logger.info("writing synthetic preset %r to %s", spec.data.preset, path)
-        generate_preset(spec.data.preset, path, seed=spec.data.preset_seed)
-    return select_modalities(load_dataset(path), spec.data.modalities)
+    else:
+        if spec.data.preset and not (path / "meta.yaml").exists():
+            logger.info("writing synthetic preset %r to %s", spec.data.preset, path)
+            generate_preset(spec.data.preset, path, seed=spec.data.preset_seed)
+        dataset = select_modalities(load_dataset(path), spec.data.modalities)
+    if dataset.task == "multilabel" and spec.blend.metric != "loss":
+        raise ValueError(f"{dataset.path} is a multi-label task: set blend.metric: loss "
+                         "(top-1 accuracy is not defined for it)")
+    return dataset
 
 
 def select_modalities(dataset: Dataset, modalities: list[str] | None) -> Dataset:

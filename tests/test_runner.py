@@ -171,3 +171,23 @@ def test_dropout_method_drops_the_fused_input(tiny_dataset):
     model = runner.new_model(spec, data, runner.method_of(spec, data))
     assert model.fusion_dropout.p == 0.3
     assert runner.new_model(spec, data, runner.method_of(dataclasses.replace(spec, method="naive"), data)).fusion_dropout.p == 0.0
+
+
+def test_a_multilabel_array_dataset_trains_and_reports_map(tmp_path):
+    import numpy as np
+
+    from gblend_ray.data import save_dataset
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((400, 3)) < 0.4).astype(np.int64)  # 40% positives per class
+    video = labels @ rng.standard_normal((3, 6)) + 0.5 * rng.standard_normal((400, 6))
+    audio = rng.standard_normal((400, 8))
+    path = save_dataset(tmp_path / "ml", {"video": video, "audio": audio}, labels, ["a", "b", "c"],
+                        task="multilabel")
+    res = runner.run_inline(_spec(path, "gblend:online"))
+    assert set(res["test"]) == {"loss", "mAP", "mAUC"}
+    assert res["heads"]["video"]["mAP"] > 0.75 and res["test"]["mAP"] > 0.65  # chance: about 0.4
+    assert res["heads"]["audio"]["mAP"] < 0.55  # audio carries no label information
+    assert set(res["trajectory"][0]["weights"]) == {"video", "audio", "fused"}
+    with pytest.raises(ValueError, match="blend.metric: loss"):
+        runner.run_inline(_spec(path, "gblend:online", metric="accuracy"))
