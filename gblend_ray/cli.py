@@ -6,7 +6,7 @@
     gblend report DIR
     gblend make-synthetic OUT_DIR --preset av-overfit --seed 0
     gblend make-media OUT_DIR [--classes 3 --per-class 8 --multilabel]
-    gblend extract-flow MANIFEST OUT_DIR [--resize 128]
+    gblend extract-flow MANIFEST OUT_DIR [--resize 128 --bound 20 --on-bad-sample skip]
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     flo.add_argument("manifest", help="manifest.csv, or a directory holding it")
     flo.add_argument("out_dir", help="where the flow files go; give it to runs as data.media.flow_dir")
     flo.add_argument("--resize", type=int, default=128, help="short side of the frames flow is computed on")
+    flo.add_argument("--bound", type=float, default=20.0, help="flow is clipped to +-bound pixels, then quantized")
     flo.add_argument("--workers", type=int, default=1)
     flo.add_argument("--on-bad-sample", choices=("error", "skip"), default="error",
                      help="stop at a file that cannot be decoded (default), or leave it out")
@@ -196,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "extract-flow":
             from .flow import extract_flow
 
-            index = extract_flow(args.manifest, args.out_dir, resize=args.resize, workers=args.workers,
-                                 on_bad_sample=args.on_bad_sample)
+            index = extract_flow(args.manifest, args.out_dir, resize=args.resize, bound=args.bound,
+                                 workers=args.workers, on_bad_sample=args.on_bad_sample)
             print(f"wrote optical flow to {args.out_dir} ({index}); set data.media.flow_dir: {args.out_dir}")
         elif args.command == "run":
             spec, dataset = _load(args)

@@ -33,7 +33,6 @@ i-th decoded frame, which for constant-rate video is the frame ``media.py`` inde
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import zipfile
@@ -222,23 +221,3 @@ def extract_flow(manifest_path: str | Path, out_dir: str | Path, *, resize: int 
     path = root / INDEX
     path.write_text(json.dumps(index, indent=1))
     return path
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m gblend_ray.flow MANIFEST OUT_DIR``: what ``gblend extract-flow`` runs."""
-    parser = argparse.ArgumentParser(description="Extract Farnebäck optical flow for a media manifest.")
-    parser.add_argument("manifest")
-    parser.add_argument("out_dir")
-    parser.add_argument("--resize", type=int, default=128)
-    parser.add_argument("--bound", type=float, default=20.0)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--on-bad-sample", choices=("error", "skip"), default="error")
-    args = parser.parse_args(argv)
-    path = extract_flow(args.manifest, args.out_dir, resize=args.resize, bound=args.bound, workers=args.workers,
-                        on_bad_sample=args.on_bad_sample)
-    index = json.loads(path.read_text())
-    print(f"{path}: flow of {len(index['videos'])} videos" + (f", {len(index['skipped'])} skipped" if index["skipped"] else ""))
-
-
-if __name__ == "__main__":
-    main()
