@@ -30,15 +30,16 @@ def load_state(checkpoint_dir: str | Path) -> dict:
     return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
-def probe_trial(config: dict, spec: RunSpec, coordinator: str, namespace: str) -> None:
-    """Body of one probe trial (slot ``config["slot"]``)."""
+def probe_trial(config: dict, spec: RunSpec, coordinator: str, namespace: str, dataset) -> None:
+    """Body of one probe trial (slot ``config["slot"]``); ``dataset`` is the run's data set
+    as the driver loaded it (``data.Dataset`` or ``media.MediaDataset``)."""
     slot = config["slot"]
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
     coord = ray.get_actor(coordinator, namespace=namespace)
     # A probe trial holds the resources in probes.resources: a GPU only if it asked for one.
     device = "cuda" if spec.probes.resources.get("GPU", 0) > 0 else "cpu"
-    data = prepare_data(spec, device=device)
+    data = prepare_data(spec, dataset, device=device)
     template = new_model(spec, data.dataset).to(device)
     done = 0
     while True:
@@ -61,10 +62,14 @@ def probe_trial(config: dict, spec: RunSpec, coordinator: str, namespace: str) -
                      **dataclasses.asdict(result.measurement), "probe_seconds": result.seconds})
 
 
-def run_trials(spec: RunSpec, coordinator: str, namespace: str, num_trials: int, storage_path: str) -> None:
-    """The Tune experiment of ``num_trials`` probe trials; returns when they all end."""
+def run_trials(spec: RunSpec, coordinator: str, namespace: str, num_trials: int, storage_path: str,
+               dataset: ray.ObjectRef) -> None:
+    """The Tune experiment of ``num_trials`` probe trials; returns when they all end.
+    ``dataset`` is the run's loaded data set in the object store; ``tune.with_parameters``
+    hands each trial the object itself."""
     trainable = tune.with_resources(
-        tune.with_parameters(probe_trial, spec=spec, coordinator=coordinator, namespace=namespace),
+        tune.with_parameters(probe_trial, spec=spec, coordinator=coordinator, namespace=namespace,
+                             dataset=dataset),
         dict(spec.probes.resources),
     )
     tuner = tune.Tuner(

@@ -61,6 +61,9 @@ def run_on_ray(spec: RunSpec, out_dir: str | Path, dataset: Dataset | None = Non
         logger.warning("room for %d of %d probe trials beside the trainer; a round's probes share them",
                        trials, wanted)
 
+    # Loaded and checked once, here: every worker and probe trial reads this copy instead
+    # of loading the arrays again or re-checking every media file of the manifest.
+    dataset_ref = ray.put(dataset)
     run_dir = Path(out_dir).resolve()
     name = coordinator_name(run_dir)
     namespace = ray.get_runtime_context().namespace
@@ -69,9 +72,9 @@ def run_on_ray(spec: RunSpec, out_dir: str | Path, dataset: Dataset | None = Non
     ).remote(spec, method, heads, str(run_dir))
     if trials:
         ray.get(coord.start_probes.remote(
-            functools.partial(run_trials, spec, name, namespace, trials, str(run_dir / "ray"))))
+            functools.partial(run_trials, spec, name, namespace, trials, str(run_dir / "ray"), dataset_ref)))
     try:
-        result = build_trainer(spec, run_dir, name, namespace, observer).fit()
+        result = build_trainer(spec, run_dir, name, namespace, dataset_ref, observer).fit()
     finally:
         trajectory = ray.get(coord.finish.remote())
         ray.kill(coord)

@@ -65,7 +65,7 @@ def train_loop(config: dict) -> None:
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
     device = torch.device("cuda", torch.cuda.current_device()) if spec.trainer.use_gpu else torch.device("cpu")
-    data = prepare_data(spec, device=device)
+    data = prepare_data(spec, ray.get(config["dataset"]), device=device)
     method = method_of(spec, data.dataset)
     model = new_model(spec, data.dataset, method).to(device)
     optimizer = make_optimizer(trained_parameters(model, method), spec.optim)
@@ -150,12 +150,14 @@ def train_loop(config: dict) -> None:
             (run_dir / STAGING).rmdir()
 
 
-def build_trainer(spec: RunSpec, run_dir: Path, coordinator: str, namespace: str, observer=None) -> TorchTrainer:
+def build_trainer(spec: RunSpec, run_dir: Path, coordinator: str, namespace: str, dataset: ray.ObjectRef,
+                  observer=None) -> TorchTrainer:
+    """The run's TorchTrainer; ``dataset`` is the driver's loaded data set, in the object store."""
     t = spec.trainer
     return TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec, "run_dir": str(run_dir), "coordinator": coordinator,
-                           "namespace": namespace, "observer": observer},
+                           "namespace": namespace, "observer": observer, "dataset": dataset},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=dict(t.resources_per_worker)),
         run_config=RunConfig(name=RUN_NAME, storage_path=str(run_dir / STORAGE),
