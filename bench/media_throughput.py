@@ -26,10 +26,11 @@ import av
 import numpy as np
 import torch
 
-from gblend_ray.engine import sequential_order
-from gblend_ray.media import decode_frames, load_media_dataset, video_info
-from gblend_ray.spec import MediaSpec
-from gblend_ray.testmedia import write_test_media
+from gblend_ray.core.spec import MediaSpec
+from gblend_ray.data.media.dataset import load_media_dataset
+from gblend_ray.data.media.decode import decode_frames, video_info
+from gblend_ray.data.media.testmedia import write_test_media
+from gblend_ray.training.engine import sequential_order
 
 
 def bare_decode(paths: list[str], frames: list[list[int]]) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from gblend_ray.config import load_config  # noqa: E402
-from gblend_ray.ray_runner import run_on_ray  # noqa: E402
+from gblend_ray.distributed.ray_runner import run_on_ray  # noqa: E402
+from gblend_ray.interfaces.config import load_config  # noqa: E402
 
 
 def main() -> None:

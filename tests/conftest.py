@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gblend_ray.data import save_dataset
+from gblend_ray.data.arrays import save_dataset
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +33,6 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def av_overfit(tmp_path_factory):
-    from gblend_ray.synthetic import generate_preset
+    from gblend_ray.data.synthetic import generate_preset
 
     return generate_preset("av-overfit", tmp_path_factory.mktemp("av") / "av-overfit", seed=0)

@@ -1,0 +1,90 @@
+"""A run's data: its data set loaded (an array dataset or a media manifest), its
+modalities chosen, and the sources T, T', V and test cut from it.
+
+Every engine starts a run's data here, so that the in-process runner, the Ray trainer
+workers and the probe trials see the same splits for the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.spec import RunSpec
+from .arrays import Dataset, load_dataset
+from .media.dataset import MediaDataset, load_media_dataset
+from .media.manifest import is_media_path
+from .sources import BatchSource, TensorData
+from .splits import Splits, make_splits
+from .synthetic import generate_preset
+
+logger = logging.getLogger("gblend_ray.data")
+
+AnyDataset = Dataset | MediaDataset
+
+
+@dataclass
+class RunData:
+    """The dataset cut into the sources a run needs: T, T', V and test. Arrays become
+    tensors in memory; a media manifest becomes clip sources decoded by worker
+    processes, the test source with ``data.media.eval_clips`` clips per video."""
+
+    dataset: AnyDataset
+    splits: Splits
+    train: BatchSource
+    train_subset: BatchSource
+    heldout: BatchSource
+    test: BatchSource
+
+
+def ensure_dataset(spec: RunSpec) -> AnyDataset:
+    """Load ``data.path`` (an array dataset or a media manifest), first writing the
+    synthetic preset there if one is named and the directory does not exist yet; keep
+    the modalities ``data.modalities`` names."""
+    path = Path(spec.data.path)
+    if is_media_path(path):
+        dataset = load_media_dataset(path, spec.data.media, spec.data.modalities)
+    else:
+        if spec.data.preset and not (path / "meta.yaml").exists():
+            logger.info("writing synthetic preset %r to %s", spec.data.preset, path)
+            generate_preset(spec.data.preset, path, seed=spec.data.preset_seed)
+        dataset = select_modalities(load_dataset(path), spec.data.modalities)
+    if dataset.task == "multilabel" and spec.blend.metric != "loss":
+        raise ValueError(f"{dataset.path} is a multi-label task: set blend.metric: loss "
+                         "(top-1 accuracy is not defined for it)")
+    return dataset
+
+
+def select_modalities(dataset: AnyDataset, modalities: list[str] | None) -> AnyDataset:
+    if not modalities:
+        return dataset
+    missing = [m for m in modalities if m not in dataset.modalities]
+    if missing:
+        raise ValueError(f"data.modalities names {missing}, which the dataset at {dataset.path} lacks; "
+                         f"its modalities are {list(dataset.modalities)}")
+    return dataclasses.replace(dataset, modalities={m: dataset.modalities[m] for m in modalities})
+
+
+def prepare_data(spec: RunSpec, dataset: AnyDataset | None = None, device: str = "cpu") -> RunData:
+    """The run's sources, from ``dataset`` (as the driver loaded it) or from ``data.path``."""
+    dataset = select_modalities(dataset or ensure_dataset(spec), spec.data.modalities)
+    d = spec.data
+    splits = make_splits(dataset, heldout_fraction=d.heldout_fraction, subset_size=d.subset_size,
+                         seed=spec.seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction)
+
+    if isinstance(dataset, MediaDataset):
+        def clips(idx: np.ndarray, train: bool = False, k: int = 1) -> BatchSource:
+            return dataset.source(idx, train=train, clips_per_sample=k, seed=spec.seed)
+
+        return RunData(dataset, splits, clips(splits.train, train=True), clips(splits.train_subset),
+                       clips(splits.heldout), clips(splits.test, k=d.media.eval_clips))
+
+    def tensors(idx: np.ndarray) -> TensorData:
+        return TensorData.from_arrays(dataset.modalities, dataset.labels, idx, device)
+
+    return RunData(dataset, splits, tensors(splits.train), tensors(splits.train_subset),
+                   tensors(splits.heldout), tensors(splits.test))

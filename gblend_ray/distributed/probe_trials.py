@@ -1,0 +1,68 @@
+"""G-Blend probes as long-lived Ray Tune trials.
+
+A run starts one Tune experiment with ``max_concurrent`` trials (default: one per head,
+so a round's k+1 probes run at once). Each trial loads the data once, then loops: take a
+probe task from the coordinator, restore the round's checkpoint, run the probe
+(``assembly.run_head_probe``, the engine's training loop), hand the result back and
+``tune.report`` it. A round thus costs an actor call and a checkpoint load rather than a
+fresh Tune run (DESIGN §4, "Fast rounds"); Tune keeps the trials' results and restarts
+a trial that dies (its task is re-queued by the coordinator).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ray
+from ray import tune
+
+from ..core.spec import RunSpec
+from ..training.assembly import assemble, run_head_probe
+from ..training.checkpoint import load_checkpoint
+
+
+def probe_trial(config: dict, spec: RunSpec, coordinator: str, namespace: str, dataset) -> None:
+    """Body of one probe trial (slot ``config["slot"]``); ``dataset`` is the run's data set
+    as the driver loaded it (``data.Dataset`` or ``media.MediaDataset``)."""
+    slot = config["slot"]
+    coord = ray.get_actor(coordinator, namespace=namespace)
+    # A probe trial holds the resources in probes.resources: a GPU only if it asked for one.
+    device = "cuda" if spec.probes.resources.get("GPU", 0) > 0 else "cpu"
+    a = assemble(spec, dataset, device)
+    done = 0
+    while True:
+        task = ray.get(coord.next_task.remote(slot))
+        if task is None:
+            return
+        if task == "idle":
+            continue
+        a.model.load_state_dict(load_checkpoint(task.checkpoint_dir).model)  # the probe trains it in place
+        result = run_head_probe(spec, a.model, a.data, task.head, head_index=task.head_index, epoch=task.epoch,
+                                probe_epochs=task.probe_epochs)
+        ray.get(coord.submit.remote(slot, task, result))
+        done += 1
+        tune.report({"probes_done": done, "epoch": task.epoch, "head_index": task.head_index,
+                     **dataclasses.asdict(result.measurement), "probe_seconds": result.seconds})
+
+
+def run_trials(spec: RunSpec, coordinator: str, namespace: str, num_trials: int, storage_path: str,
+               dataset: ray.ObjectRef) -> None:
+    """The Tune experiment of ``num_trials`` probe trials; returns when they all end.
+    ``dataset`` is the run's loaded data set in the object store; ``tune.with_parameters``
+    hands each trial the object itself."""
+    trainable = tune.with_resources(
+        tune.with_parameters(probe_trial, spec=spec, coordinator=coordinator, namespace=namespace,
+                             dataset=dataset),
+        dict(spec.probes.resources),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"slot": tune.grid_search(list(range(num_trials)))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=num_trials),
+        run_config=tune.RunConfig(name="probes", storage_path=storage_path, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=2)),
+    )
+    results = tuner.fit()
+    errors = [str(r.error) for r in results if r.error is not None]
+    if errors:
+        raise RuntimeError(f"{len(errors)} probe trial(s) failed: {errors[0]}")

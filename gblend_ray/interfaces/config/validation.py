@@ -1,0 +1,180 @@
+"""The config's values: every field's range, and what depends on the data set.
+
+``validate`` checks what can be known from the config alone (types again, through
+``schema``, then ranges and the method name); ``check_against_dataset`` checks what
+depends on the data set's modalities. Choices need no check here: a ``Literal`` field
+is checked by its type.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ...core.plan import parse_method
+from ...core.spec import RunSpec
+from .schema import ConfigError, check_types, field_error
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_int_min(path: str, value: Any, low: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+        what = f"an int >= {low}" + (" or null" if optional else "")
+        raise field_error(path, f"expected {what}, got {value!r}")
+
+
+def _check_range(path: str, value: Any, what: str, ok: bool) -> None:
+    if not (_is_number(value) and math.isfinite(value) and ok):
+        raise field_error(path, f"expected {what}, got {value!r}")
+
+
+def _check_nonempty(path: str, value: Any) -> None:
+    if not (isinstance(value, str) and value.strip()):
+        raise field_error(path, f"expected a non-empty string, got {value!r}")
+
+
+def _check_method(spec: RunSpec, modalities: list[str] | None) -> None:
+    method = spec.method
+    kind, _, arg = method.partition(":")
+    if kind == "uni":
+        if not arg:
+            raise field_error("method", f"{method!r} names no modality; write uni:<modality>")
+        if modalities is not None and arg not in modalities:
+            raise field_error(
+                "method",
+                f"{method!r} names modality {arg!r}, which the dataset lacks; "
+                f"its modalities are {', '.join(modalities)}",
+            )
+    mods = [arg] if (kind == "uni" and modalities is None) else list(modalities or ())
+    try:
+        parse_method(method, mods, default_schedule=spec.blend.schedule)
+    except ValueError as e:
+        msg = str(e)
+        raise field_error("method", msg[len("method "):] if msg.startswith("method ") else msg) from None
+
+
+def _check_resources(path: str, resources: dict) -> None:
+    for name, amount in resources.items():
+        _check_range(f"{path}.{name}", amount, "a number >= 0", _is_number(amount) and amount >= 0)
+
+
+def validate(spec: RunSpec) -> None:
+    """Check every field of ``spec`` for type and range; raise ``ConfigError`` naming it.
+
+    Checks only what can be known without the dataset (``uni:<m>`` is accepted for any
+    ``m`` here; ``check_against_dataset`` checks the modality).
+    """
+    if not isinstance(spec, RunSpec):
+        raise ConfigError(f"expected a RunSpec, got {type(spec).__name__}")
+    check_types(spec, "")
+
+    d = spec.data
+    _check_nonempty("data.path", d.path)
+    if d.preset is not None:
+        _check_nonempty("data.preset", d.preset)
+    _check_int_min("data.preset_seed", d.preset_seed, 0)
+    _check_range("data.heldout_fraction", d.heldout_fraction, "a number in (0, 1)",
+                 _is_number(d.heldout_fraction) and 0 < d.heldout_fraction < 1)
+    _check_int_min("data.subset_size", d.subset_size, 1, optional=True)
+    _check_range("data.val_fraction", d.val_fraction, "a number in [0, 1)",
+                 _is_number(d.val_fraction) and 0 <= d.val_fraction < 1)
+    _check_range("data.test_fraction", d.test_fraction, "a number in [0, 1)",
+                 _is_number(d.test_fraction) and 0 <= d.test_fraction < 1)
+    if not d.val_fraction + d.test_fraction < 1:
+        raise field_error(
+            "data.test_fraction",
+            f"data.val_fraction + data.test_fraction must be < 1 (something must be left "
+            f"to train on), got {d.val_fraction!r} + {d.test_fraction!r}",
+        )
+
+    md = d.media
+    for name in ("frames", "stride", "resize", "size", "sample_rate", "n_mels", "mel_frames", "eval_clips",
+                 "eval_clip_batch"):
+        _check_int_min(f"data.media.{name}", getattr(md, name), 1)
+    if md.size > md.resize:
+        raise field_error("data.media.size", f"the crop ({md.size}) is cut from frames whose short side is "
+                                        f"data.media.resize ({md.resize}): lower size or raise resize")
+    _check_int_min("data.media.num_workers", md.num_workers, 0)
+    if md.flow_dir is not None:
+        _check_nonempty("data.media.flow_dir", md.flow_dir)
+
+    m = spec.model
+    _check_nonempty("model.encoder", m.encoder)
+    for name, enc in m.encoders.items():
+        _check_nonempty(f"model.encoders.{name}", enc)
+    _check_int_min("model.hidden_dim", m.hidden_dim, 1)
+    _check_int_min("model.feature_dim", m.feature_dim, 1)
+    _check_nonempty("model.fusion", m.fusion)
+    _check_int_min("model.fusion_hidden_dim", m.fusion_hidden_dim, 1)
+    _check_range("model.dropout", m.dropout, "a number in [0, 1)",
+                 _is_number(m.dropout) and 0 <= m.dropout < 1)
+
+    _check_range("model.fusion_dropout", m.fusion_dropout, "a number in [0, 1)",
+                 _is_number(m.fusion_dropout) and 0 <= m.fusion_dropout < 1)
+
+    bl = spec.baselines
+    _check_range("baselines.dropout", bl.dropout, "a number in [0, 1)",
+                 _is_number(bl.dropout) and 0 <= bl.dropout < 1)
+    _check_int_min("baselines.pretrain_epochs", bl.pretrain_epochs, 1, optional=True)
+    _check_int_min("baselines.patience", bl.patience, 1)
+
+    o = spec.optim
+    _check_range("optim.lr", o.lr, "a number > 0", _is_number(o.lr) and o.lr > 0)
+    _check_range("optim.momentum", o.momentum, "a number in [0, 1)",
+                 _is_number(o.momentum) and 0 <= o.momentum < 1)
+    _check_range("optim.weight_decay", o.weight_decay, "a number >= 0",
+                 _is_number(o.weight_decay) and o.weight_decay >= 0)
+
+    t = spec.train
+    _check_int_min("train.epochs", t.epochs, 1)
+    _check_int_min("train.batch_size", t.batch_size, 1)
+    _check_int_min("train.eval_batch_size", t.eval_batch_size, 1)
+    _check_nonempty("train.device", t.device)
+    _check_int_min("train.threads", t.threads, 1, optional=True)
+
+    b = spec.blend
+    _check_int_min("blend.warmup_epochs", b.warmup_epochs, 1)
+    _check_int_min("blend.super_epoch", b.super_epoch, 1)
+    _check_int_min("blend.probe_epochs", b.probe_epochs, 1, optional=True)
+    _check_range("blend.eps", b.eps, "a number >= 0", _is_number(b.eps) and b.eps >= 0)
+    _check_range("blend.floor", b.floor, "a number in [0, 1]",
+                 _is_number(b.floor) and 0 <= b.floor <= 1)
+
+    tr = spec.trainer
+    _check_int_min("trainer.num_workers", tr.num_workers, 1)
+    _check_int_min("trainer.max_failures", tr.max_failures, -1)
+    _check_resources("trainer.resources_per_worker", tr.resources_per_worker)
+    p = spec.probes
+    _check_resources("probes.resources", p.resources)
+    _check_int_min("probes.max_concurrent", p.max_concurrent, 1, optional=True)
+
+    _check_nonempty("tracking.project", spec.tracking.project)
+
+    _check_method(spec, None)
+    _check_int_min("seed", spec.seed, 0)
+    if spec.name is not None:
+        _check_nonempty("name", spec.name)
+
+
+def check_against_dataset(spec: RunSpec, modalities: list[str]) -> None:
+    """Check the parts of ``spec`` that depend on the dataset's modalities."""
+    modalities = list(modalities)
+    for name in spec.data.modalities or ():
+        if name not in modalities:
+            raise field_error("data.modalities",
+                         f"the dataset has no modality {name!r}; its modalities are {', '.join(modalities)}")
+    if spec.data.modalities:
+        modalities = list(spec.data.modalities)
+    _check_method(spec, modalities)
+    for field_name in ("encoders", "weights"):
+        for name in getattr(spec.model, field_name):
+            if name not in modalities:
+                raise field_error(
+                    f"model.{field_name}.{name}",
+                    f"the dataset has no modality {name!r}; its modalities are {', '.join(modalities)}",
+                )

@@ -1,0 +1,178 @@
+"""The report's tables: one row per (method, modalities, setting) summarised over seeds,
+as ``report.md`` and ``report.csv``.
+
+Rows come in the paper's order: baselines first, G-Blend last, other kinds between.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from ...core.metrics import LABELS, headline
+from .runs import RunRecord, group_runs, is_gblend, method_kind
+
+# Table order (the paper's): baselines first, G-Blend last; other kinds sit in between.
+_KIND_RANK = {"uni": 0, "naive": 1, "aux": 2, "gblend": 4}
+_OTHER_RANK = 3
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+def summarize(runs: list[RunRecord]) -> list[dict]:
+    """One row per (method, modalities), in table order (uni-modal, naive, aux, others, G-Blend).
+
+    Each row: ``method``, ``modalities``, ``metric`` and ``companion`` (test top-1 and
+    top-5; video-level top-1 and top-5 when several clips per video were evaluated; mAP
+    and mAUC for a multi-label task: ``metrics.headline``), ``n_ok``, ``n_failed``,
+    ``mean`` and ``std`` (population std) of the metric over the ok seeds as fractions,
+    ``top5_mean`` (the companion's mean), ``seeds`` (of the ok runs), ``top1`` (the
+    metric per ok seed), ``weights`` (mean final weight per head over
+    the ok seeds, heads in the results' order), ``failed_seeds``, ``failed_paths``,
+    ``errors`` (first line of each failure). With no ok run the numbers are None.
+    """
+    rows = []
+    for (method, mods, setting), members in group_runs(runs).items():
+        ok = [r for r in members if r.ok]
+        failed = [r for r in members if not r.ok]
+        metric, companion = headline(ok[0].results["test"]) if ok else ("top1", "top5")
+        top1 = [float(r.results["test"][metric]) for r in ok]
+        top5 = [float(r.results["test"][companion]) for r in ok if companion in r.results["test"]]
+        heads: list[str] = []
+        for r in ok:
+            heads += [h for h in r.results.get("final_weights", {}) if h not in heads]
+        weights = {}
+        for h in heads:
+            vals = [float(r.results["final_weights"][h]) for r in ok if h in r.results.get("final_weights", {})]
+            weights[h] = float(np.mean(vals))
+        rows.append({
+            "method": method,
+            "modalities": mods,
+            "setting": setting,
+            "metric": metric,
+            "companion": companion,
+            "n_ok": len(ok),
+            "n_failed": len(failed),
+            "mean": float(np.mean(top1)) if top1 else None,
+            "std": float(np.std(top1)) if top1 else None,
+            "top5_mean": float(np.mean(top5)) if top5 else None,
+            "seeds": [r.seed for r in ok],
+            "top1": top1,
+            "weights": weights,
+            "failed_seeds": [r.seed for r in failed],
+            "failed_paths": [r.path for r in failed],
+            "errors": [_first_line(r.error) for r in failed],
+        })
+    # sorted() is stable, so groups of one kind keep their path order.
+    return sorted(rows, key=lambda row: _KIND_RANK.get(method_kind(row["method"]), _OTHER_RANK))
+
+
+def weights_string(weights: dict[str, float]) -> str:
+    """The paper's notation: ``[video,audio,fused]=[0.630,0.014,0.356]``."""
+    return f"[{','.join(weights)}]=[{','.join(f'{w:.3f}' for w in weights.values())}]"
+
+
+def _pct(mean: float | None, std: float | None = None) -> str:
+    if mean is None:
+        return "—"
+    return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+
+
+def _mods_text(mods: tuple[str, ...]) -> str:
+    return "+".join(mods) if mods else "all"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def label(method: str, mods: tuple[str, ...], setting: str = "") -> str:
+    """A row's name in titles: the method, its modalities and its setting."""
+    return (f"{method} ({'+'.join(mods)})" if mods else method) + (f" [{setting}]" if setting else "")
+
+
+def markdown(root: Path, runs: list[RunRecord], rows: list[dict], sections: list[tuple[str, Path, str]],
+             notes: list[str]) -> str:
+    """``report.md``: the table, the failed runs, then each plot under its title (and
+    ``notes`` on plots that could not be drawn)."""
+    ok_metrics = {(row["metric"], row["companion"]) for row in rows if row["n_ok"]}
+    main_label, companion_label = "metric", "companion metric"  # rows judged by different metrics
+    if len(ok_metrics) == 1:
+        ((m, c),) = ok_metrics
+        main_label, companion_label = LABELS[m], LABELS[c]
+    md = [
+        "# G-Blend report",
+        "",
+        f"Source: `{root.resolve()}` ({len(runs)} run{'s' if len(runs) != 1 else ''}, "
+        f"{sum(not r.ok for r in runs)} failed)",
+        "",
+        f"Test {main_label} and {companion_label} of each method's prediction head, mean ± std (population) "
+        "over seeds. Weights: the final G-Blend (or learned, for uncertainty weighting) weight of each head.",
+        "",
+    ]
+    with_setting = any(row["setting"] for row in rows)
+    md += ["| method | modalities | " + ("setting | " if with_setting else "")
+           + f"test {main_label} (%) | {companion_label} (%) | seeds ok/failed | weights |",
+           "|---|---|" + ("---|" if with_setting else "") + "---|---|---|---|"]
+    for row in rows:
+        seeds = f"{row['n_ok']}/{row['n_failed']}" + (" FAILED" if row["n_failed"] else "")
+        shown = is_gblend(row["method"]) or row["method"] == "uncertainty"
+        weights = weights_string(row["weights"]) if shown and row["weights"] else ""
+        md.append(f"| {_md_cell(row['method'])} | {_md_cell(_mods_text(row['modalities']))} | "
+                  + (f"{_md_cell(row['setting'])} | " if with_setting else "")
+                  + f"{_pct(row['mean'], row['std'])} | {_pct(row['top5_mean'])} | {seeds} | {weights} |")
+    failed = [r for r in runs if not r.ok]
+    if failed:
+        md += ["", "## Failed runs", ""]
+        for r in failed:
+            try:
+                where = r.path.relative_to(root)
+            except ValueError:
+                where = r.path
+            seed = "" if r.seed is None else f" seed {r.seed}"
+            md.append(f"- FAILED {_md_cell(label(r.method, r.modalities))}{seed} (`{where}`): "
+                      f"{_md_cell(_first_line(r.error))}")
+    md += ["", "## Plots", ""]
+    for title, p, note in sections:
+        md += [f"### {title}", ""] + ([note, ""] if note else []) + [f"![{title}]({p.name})", ""]
+    for note in notes:
+        md += [note, ""]
+    return "\n".join(md).rstrip() + "\n"
+
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    """``report.csv``: the rows as numbers (repr-exact floats), a column per G-Blend head's weight."""
+    heads: list[str] = []
+    for row in rows:
+        if is_gblend(row["method"]):
+            heads += [h for h in row["weights"] if h not in heads]
+    fields = ["method", "modalities", "setting", "n_ok", "n_failed", "top1_mean", "top1_std", "top5_mean", "seeds",
+              "top1_per_seed", "weights", *[f"weight_{h}" for h in heads], "failed_seeds", "errors"]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for row in rows:
+            gb = is_gblend(row["method"])
+            w.writerow({
+                "method": row["method"],
+                "modalities": _mods_text(row["modalities"]),
+                "setting": row["setting"],
+                "n_ok": row["n_ok"],
+                "n_failed": row["n_failed"],
+                # repr-exact floats; an empty cell where no seed finished
+                "top1_mean": "" if row["mean"] is None else repr(row["mean"]),
+                "top1_std": "" if row["std"] is None else repr(row["std"]),
+                "top5_mean": "" if row["top5_mean"] is None else repr(row["top5_mean"]),
+                "seeds": ";".join(str(s) for s in row["seeds"]),
+                "top1_per_seed": ";".join(repr(v) for v in row["top1"]),
+                "weights": weights_string(row["weights"]) if gb and row["weights"] else "",
+                **{f"weight_{h}": repr(row["weights"][h]) if gb and h in row["weights"] else "" for h in heads},
+                "failed_seeds": ";".join("" if s is None else str(s) for s in row["failed_seeds"]),
+                "errors": " | ".join(row["errors"]),
+            })
+    return path

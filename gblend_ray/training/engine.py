@@ -1,0 +1,245 @@
+"""The engine: the one training loop and the one evaluation of the code base.
+
+``train_epochs`` trains a model for n epochs under a weight vector over its heads
+(eq. 7, ``L_blend = Σ_i w_i L_i``); ``evaluate`` measures every head. The in-process
+runner, the Ray Train worker loop and every G-Blend probe call these two functions,
+so a probe trains exactly as the main run does.
+
+Data is a ``BatchSource`` (``data/sources.py``): arrays in memory (``TensorData``) or
+clips decoded from video files by worker processes (``MediaData``). ``batch_order`` gives each rank
+its shard of a seeded permutation per epoch, like ``DistributedSampler``, so the order
+depends only on (seed, epoch, rank, world size) and a 1-worker Ray run sees the same
+batches as the in-process runner.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.metrics import mean_auc, mean_average_precision
+from ..core.spec import OPTIMIZERS, OptimSpec
+from ..data.sources import Batch, BatchSource
+from .model import DETACHED, LOG_VAR
+
+
+def sequential_order(n: int, batch_size: int) -> list[torch.Tensor]:
+    """Every sample once, in order: how evaluation walks a source."""
+    return [torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def _on(device: torch.device, batch: Batch) -> Batch:
+    inputs, targets = batch
+    return {m: x.to(device, non_blocking=True) for m, x in inputs.items()}, targets.to(device, non_blocking=True)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+    """This rank's batches of one epoch: a permutation seeded by (seed, epoch), padded by
+    wrapping so every rank gets the same number of samples (DDP needs equal step counts),
+    then strided by rank."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    per_rank = math.ceil(n / world_size)
+    if per_rank * world_size > n:
+        order = torch.cat([order, order[: per_rank * world_size - n]])
+    mine = order[rank::world_size]
+    return list(torch.split(mine, batch_size))
+
+
+def head_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for class indices; binary cross-entropy for multi-label 0/1 targets."""
+    if targets.dtype.is_floating_point:
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    return F.cross_entropy(logits, targets)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], spec: OptimSpec) -> torch.optim.Optimizer:
+    """``optim.name`` (one of ``spec.OPTIMIZERS``) over ``params``; momentum is SGD's alone."""
+    params = list(params)
+    if spec.name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {spec.name!r}: expected one of {OPTIMIZERS}")
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    kind = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}[spec.name]
+    return kind(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def train_epochs(
+    model: nn.Module,
+    data: BatchSource,
+    optimizer: torch.optim.Optimizer,
+    weights: dict[str, float],
+    epochs: int,
+    *,
+    start_epoch: int = 0,
+    batch_size: int = 64,
+    seed: int = 0,
+    lr_at: Callable[[int], float] | None = None,
+    full_heads: Sequence[str] = (),
+    rank: int = 0,
+    world_size: int = 1,
+    on_epoch: Callable[[dict], bool | None] | None = None,
+) -> list[dict]:
+    """Train ``epochs`` epochs from ``start_epoch`` on ``L_blend = Σ_i w_i L_i`` (eq. 7).
+
+    The loss of a step is three named terms, each zero where it does not apply:
+
+    - ``blend``: ``Σ_i w_i L_i`` over the heads with weight > 0 (heads with weight 0 are
+      not computed). With learned weights (method ``uncertainty``, a model that returns
+      each head's log-variance s_i) head i's term is ``exp(−s_i) w_i L_i``.
+    - ``uncertainty_reg``: ``Σ_i s_i / 2``, the other half of Kendall, Gal and Cipolla
+      (CVPR 2018) eq. 10 for a classification likelihood with s_i = log σ_i².
+    - ``head_train``: ``Σ_h (1 − w_h) L_h`` on features detached from the encoders, for each
+      head ``h`` in ``full_heads`` (the prediction-head safeguard): the head's own
+      parameters train at full weight, the encoders beneath it see it only through ``w_h``.
+
+    Returns one record per epoch: the epoch, its learning rate, the mean per-head losses
+    ``loss/<head>``, the mean total ``loss/total`` and each term that applies
+    (``loss/blend``, ``loss/uncertainty_reg``, ``loss/head_train``), and with learned weights
+    ``learned/<head>`` = exp(−s_i). ``on_epoch`` gets each record; a true return stops
+    training (early stopping).
+    """
+    active = [h for h, w in weights.items() if w > 0]
+    extra = [h for h in full_heads if weights.get(h, 0.0) < 1.0]
+    if not active and not extra:
+        raise ValueError(f"every weight is 0 in {weights}: nothing would train")
+    model.train()
+    device = _device_of(model)
+    core = getattr(model, "module", model)  # under DDP, the MultiHeadNet
+    learned = getattr(core, "log_vars", None) is not None
+    zero = torch.zeros((), device=device)
+    history = []
+    for epoch in range(start_epoch, start_epoch + epochs):
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch)
+        sums: dict[str, torch.Tensor] = {}  # on the device: one synchronisation per epoch, not per step
+        steps = 0
+        order = batch_order(len(data), batch_size, seed, epoch, rank, world_size)
+        for batch in data.batches(order, train=True, epoch=epoch):
+            inputs, targets = _on(device, batch)
+            out = model(inputs, heads=active, detached=extra, **({"log_vars": True} if learned else {}))
+            losses = {h: head_loss(out[h], targets) for h in active}
+            scale = {h: torch.exp(-out[h + LOG_VAR]) * weights[h] if learned else weights[h] for h in active}
+            blend = sum((scale[h] * losses[h] for h in active), zero)
+            uncertainty_reg = sum((out[h + LOG_VAR] / 2 for h in active), zero) if learned else zero
+            head_train = sum(((1.0 - weights.get(h, 0.0)) * head_loss(out[h + DETACHED], targets) for h in extra), zero)
+            loss = blend + uncertainty_reg + head_train
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            terms = {**{h: losses[h] for h in active}, "total": loss, "blend": blend,
+                     **({"uncertainty_reg": uncertainty_reg} if learned else {}),
+                     **({"head_train": head_train} if extra else {})}
+            for name, value in terms.items():
+                sums[name] = sums.get(name, zero) + value.detach()
+            steps += 1
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        record.update({f"loss/{name}": total.item() / max(steps, 1) for name, total in sums.items()})
+        if learned:
+            record.update({f"learned/{h}": w for h, w in core.learned_weights().items()})
+        if not all(math.isfinite(record[f"loss/{name}"]) for name in sums):
+            losses_text = {h: record[f"loss/{h}"] for h in active}
+            raise FloatingPointError(f"training diverged at epoch {epoch + 1}: per-head losses {losses_text}; "
+                                     "lower optim.lr")
+        history.append(record)
+        if on_epoch is not None and on_epoch(record):
+            break
+    return history
+
+
+@dataclass
+class Predictions:
+    """One head's outputs over a source: per-sample scores (class probabilities, softmax
+    or sigmoid, averaged over the sample's clips), the targets, and clip-level sums."""
+
+    scores: torch.Tensor
+    targets: torch.Tensor
+    loss_sum: float = 0.0
+    clips: int = 0
+    clip_top1: float = 0.0
+    clip_top5: float = 0.0
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: BatchSource, heads: Sequence[str] | None = None,
+            batch_size: int = 1024) -> dict[str, Predictions]:
+    """Run ``model`` (eval mode) over every sample of ``data``; average each sample's
+    ``data.clips_per_sample`` clips into one prediction (the paper's video-level
+    evaluation over K uniformly spaced clips)."""
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    k = data.clips_per_sample
+    batch_size = min(batch_size, getattr(data, "eval_batch_size", batch_size))
+    parts: dict[str, list] = {}
+    sums: dict[str, list[float]] = {}
+    target_parts = []
+    try:
+        for batch in data.batches(sequential_order(len(data), batch_size), train=False, epoch=0):
+            inputs, targets = _on(device, batch)
+            clip_targets = targets.repeat_interleave(k, dim=0) if k > 1 else targets
+            target_parts.append(targets.cpu())
+            for head, out in model(inputs, heads=heads).items():
+                s = sums.setdefault(head, [0.0, 0.0, 0.0, 0.0])
+                s[0] += head_loss(out, clip_targets).item() * len(out)
+                s[1] += len(out)
+                if targets.dtype.is_floating_point:
+                    probs = torch.sigmoid(out)
+                else:
+                    probs = torch.softmax(out, dim=1)
+                    top = out.topk(min(5, out.shape[1]), dim=1).indices
+                    hits = top == clip_targets[:, None]
+                    s[2] += hits[:, 0].float().sum().item()
+                    s[3] += hits.any(dim=1).float().sum().item()
+                parts.setdefault(head, []).append(probs.view(len(targets), k, -1).mean(dim=1).cpu())
+    finally:
+        model.train(was_training)
+    targets = torch.cat(target_parts)
+    return {h: Predictions(torch.cat(p), targets, *sums[h]) for h, p in parts.items()}
+
+
+def metrics_of(p: Predictions, clips_per_sample: int = 1) -> dict[str, float]:
+    """A head's metrics: mean loss over clips; multiclass: clip top-1 and top-5 and, with
+    several clips per sample, video-level ``video_top1``/``video_top5``; multi-label:
+    mAP and mAUC of the (clip-averaged) scores."""
+    out = {"loss": p.loss_sum / max(p.clips, 1)}
+    if p.targets.dtype.is_floating_point:
+        out["mAP"] = mean_average_precision(p.scores.numpy(), p.targets.numpy())
+        out["mAUC"] = mean_auc(p.scores.numpy(), p.targets.numpy())
+        return out
+    out["top1"], out["top5"] = p.clip_top1 / max(p.clips, 1), p.clip_top5 / max(p.clips, 1)
+    if clips_per_sample > 1:
+        top = p.scores.topk(min(5, p.scores.shape[1]), dim=1).indices
+        hits = top == p.targets[:, None]
+        out["video_top1"] = hits[:, 0].float().mean().item()
+        out["video_top5"] = hits.any(dim=1).float().mean().item()
+    return out
+
+
+def evaluate(model: nn.Module, data: BatchSource, heads: Sequence[str] | None = None,
+             batch_size: int = 1024) -> dict[str, dict[str, float]]:
+    """Every head's metrics (``metrics_of``) on ``data``, in eval mode."""
+    return {h: metrics_of(p, data.clips_per_sample) for h, p in predict(model, data, heads, batch_size).items()}
+
+
+def per_class_top1(predictions: dict[str, Predictions], num_classes: int) -> dict[str, list[float | None]]:
+    """Top-1 accuracy of each head on each class (None for a class absent from the data):
+    what the report's per-class gains and losses (the paper's Fig. 6) are made of."""
+    out = {}
+    for head, p in predictions.items():
+        counts = torch.bincount(p.targets, minlength=num_classes).float()
+        right = (p.scores.argmax(dim=1) == p.targets).float()
+        hits = torch.bincount(p.targets, weights=right, minlength=num_classes)
+        out[head] = [float(x / n) if n > 0 else None for x, n in zip(hits, counts)]
+    return out

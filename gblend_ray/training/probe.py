@@ -1,0 +1,82 @@
+"""A G-Blend probe (Algorithm 1, GB_Estimate, for one head).
+
+From a checkpoint, measure the head on T' and V, train a copy on T with that head's
+loss alone for n epochs, and measure again. A uni-modal probe's optimizer holds only
+its modality's encoder and head, so nothing else moves (not even through weight decay);
+the fused probe trains every encoder, the fusion and the fused head. Training goes
+through ``engine.train_epochs``, the same loop as the main run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..core.blend import Measurement
+from ..data.sources import BatchSource
+from .engine import evaluate, make_optimizer, train_epochs
+from .model import MultiHeadNet
+from ..core.spec import OptimSpec
+
+_METRIC_KEYS = {"loss": "loss", "accuracy": "top1"}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    head: str
+    measurement: Measurement
+    seconds: float
+    """Compute time of the probe: measuring, training, measuring again."""
+    started: float = 0.0
+    ended: float = 0.0
+    """Wall-clock start and end (``time.time()``), to see probes overlap."""
+
+    def info(self) -> dict[str, float]:
+        return {"probe_seconds": self.seconds, "probe_started": self.started, "probe_ended": self.ended}
+
+
+def probe_seed(seed: int, epoch: int, head_index: int) -> int:
+    """Data-order seed of one probe: fixed by the run's seed, the boundary and the head,
+    so that every engine (in-process or Ray) runs the same probe."""
+    return seed * 1_000 + epoch * 10 + head_index + 1
+
+
+def measure(model: MultiHeadNet, head: str, train_subset: BatchSource, heldout: BatchSource,
+            metric: str, batch_size: int = 1024) -> tuple[float, float]:
+    """The head's metric (``loss`` or ``accuracy``) on T' and on V."""
+    key = _METRIC_KEYS[metric]
+    on_train = evaluate(model, train_subset, [head], batch_size)[head][key]
+    on_val = evaluate(model, heldout, [head], batch_size)[head][key]
+    return on_train, on_val
+
+
+def run_probe(
+    model: MultiHeadNet,
+    head: str,
+    *,
+    train: BatchSource,
+    train_subset: BatchSource,
+    heldout: BatchSource,
+    optim: OptimSpec,
+    epochs: int,
+    start_epoch: int,
+    seed: int,
+    metric: str = "loss",
+    batch_size: int = 64,
+    lr_at: Callable[[int], float] | None = None,
+) -> ProbeResult:
+    """Run one probe on ``model``, which it trains in place: pass a copy of the checkpoint.
+
+    The optimizer is fresh (Algorithm 1 copies the weights, not the optimizer state) and
+    of the main run's kind; ``lr_at`` continues the main run's learning-rate schedule
+    from ``start_epoch``.
+    """
+    began, started = time.perf_counter(), time.time()
+    train_before, val_before = measure(model, head, train_subset, heldout, metric)
+    optimizer = make_optimizer(model.parameters_of(head), optim)
+    train_epochs(model, train, optimizer, {head: 1.0}, epochs, start_epoch=start_epoch,
+                 batch_size=batch_size, seed=seed, lr_at=lr_at)
+    train_after, val_after = measure(model, head, train_subset, heldout, metric)
+    return ProbeResult(head, Measurement(train_before, val_before, train_after, val_after),
+                       time.perf_counter() - began, started, time.time())

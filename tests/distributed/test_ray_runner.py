@@ -1,0 +1,172 @@
+"""The Ray engine end to end on the session's local cluster: Ray Train workers, probe
+trials on Ray Tune, the coordinator actor."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import yaml
+
+from gblend_ray.cli import main
+from gblend_ray.core.spec import RunSpec
+from gblend_ray.distributed.cluster import ResourceError, check_resources
+from gblend_ray.distributed.ray_runner import run_on_ray
+from gblend_ray.training.runner import run_inline
+
+
+def _spec(path, **train):
+    spec = RunSpec(method="gblend:online", seed=1)
+    spec.data.path = str(path)
+    spec.model.hidden_dim, spec.model.feature_dim, spec.model.fusion_hidden_dim = 32, 16, 32
+    spec.train.epochs, spec.train.batch_size, spec.train.threads = 8, 32, 1
+    spec.blend.warmup_epochs, spec.blend.super_epoch = 4, 2
+    for k, v in train.items():
+        setattr(spec.train, k, v)
+    return spec
+
+
+def test_one_worker_matches_the_in_process_runner_and_probes_overlap(ray_cluster, av_overfit, tmp_path):
+    spec = _spec(av_overfit)
+    on_ray = run_on_ray(spec, tmp_path / "ray")
+    inline = run_inline(spec)
+    assert [r["epoch"] for r in on_ray["trajectory"]] == [0, 4, 6]
+    for a, b in zip(on_ray["trajectory"], inline["trajectory"], strict=True):
+        assert a["weights"] == pytest.approx(b["weights"], abs=1e-6)
+    assert on_ray["test"]["top1"] == pytest.approx(inline["test"]["top1"], abs=1e-6)
+    # one copy of each checkpoint, the last two kept: the final one and the last boundary's
+    kept = sorted(p.name for p in (tmp_path / "ray" / "ray" / "train").glob("epoch_*"))
+    assert kept == ["epoch_0006", "epoch_0008_final"]
+    assert not (tmp_path / "ray" / "checkpoint_staging").exists()
+    saved = json.loads((tmp_path / "ray" / "trajectory.json").read_text())
+    assert [r["epoch"] for r in saved] == [0, 4, 6]
+    # the k+1 probes of a round ran at the same time: every probe started before any ended
+    for record in saved:
+        starts = [h["probe_started"] for h in record["heads"].values()]
+        ends = [h["probe_ended"] for h in record["heads"].values()]
+        assert max(starts) < min(ends), record["heads"]
+
+
+def test_two_worker_ddp_run_through_the_cli(ray_cluster, av_overfit, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"path": str(av_overfit)}, "method": "gblend:online",
+        "model": {"hidden_dim": 32, "feature_dim": 16, "fusion_hidden_dim": 32},
+        "train": {"epochs": 6, "batch_size": 32, "threads": 1},
+        "blend": {"warmup_epochs": 2, "super_epoch": 2},
+        "trainer": {"num_workers": 2}, "probes": {"resources": {"CPU": 0.5}},
+    }))
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    trajectory = json.loads((out / "trajectory.json").read_text())
+    assert [r["epoch"] for r in trajectory] == [0, 2, 4]
+    assert results["test"]["top1"] > 0.15  # it learned: chance is 0.1 (10 classes)
+    trained = json.loads((out / "trained_weights.json").read_text())
+    for record in trajectory:
+        by_rank = {t["rank"]: t["weights"] for t in trained if t["epoch"] == record["epoch"]}
+        assert set(by_rank) == {0, 1}
+        assert by_rank[0] == by_rank[1] == record["weights"]
+
+
+@pytest.mark.parametrize("method", ["uncertainty", "pretrain", "early_stop"])
+def test_baselines_train_with_two_ddp_workers(ray_cluster, av_overfit, tmp_path, method):
+    spec = _spec(av_overfit, epochs=6)
+    spec.method, spec.trainer.num_workers, spec.baselines.patience = method, 2, 1
+    results = run_on_ray(spec, tmp_path)
+    history = results["history"]
+    assert results["test"]["top1"] > 0.15
+    if method == "uncertainty":  # the ranks' learned weights stayed equal: DDP averaged their gradients
+        assert all(w > 0 for w in results["final_weights"].values())
+        assert results["final_weights"] == pytest.approx({h: history[-1][f"learned/{h}"] for h in results["final_weights"]})
+    if method == "pretrain":
+        assert len(history) == 12 and (tmp_path / "pretrained" / "video.pt").exists()
+        assert (tmp_path / "pretrained" / "rank_1" / "video.pt").exists()
+    if method == "early_stop":
+        stop = results["early_stopping"]
+        assert stop["stopped_at"] is None or stop["stopped_at"] == len(history)
+
+
+def test_a_killed_worker_resumes_from_the_boundary(ray_cluster, av_overfit, tmp_path):
+    spec = _spec(av_overfit, epochs=12, batch_size=8)
+    spec.blend.warmup_epochs, spec.blend.super_epoch = 4, 4
+    spec.trainer.max_failures = 1
+    out = tmp_path / "run"
+    killed = {}
+
+    def kill_mid_super_epoch():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            try:
+                trained = json.loads((out / "trained_weights.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                trained = []
+            started = [t for t in trained if t["epoch"] == 4]
+            if started:
+                time.sleep(0.3)  # into the super-epoch that starts at epoch 4
+                os.kill(started[0]["pid"], signal.SIGKILL)
+                killed["pid"] = started[0]["pid"]
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_mid_super_epoch)
+    killer.start()
+    result = run_on_ray(spec, out)
+    killer.join()
+    assert killed, "the worker was never seen training the second super-epoch"
+    assert [r["epoch"] for r in result["trajectory"]] == [0, 4, 8]  # every boundary exactly once
+    trained = json.loads((out / "trained_weights.json").read_text())
+    at_4 = [t for t in trained if t["epoch"] == 4]
+    assert len(at_4) == 2 and at_4[0]["pid"] == killed["pid"] != at_4[1]["pid"]  # restarted, same weights
+    assert at_4[0]["weights"] == at_4[1]["weights"]
+    assert [h["epoch"] for h in result["history"]] == list(range(1, 13))
+
+
+def test_more_than_the_cluster_has_fails_at_once(ray_cluster, av_overfit, tmp_path):
+    spec = _spec(av_overfit)
+    spec.trainer.num_workers = 64
+    began = time.time()
+    with pytest.raises(ResourceError, match=r"needs 65 CPU.*cluster has 8 CPU.*trainer.num_workers"):
+        run_on_ray(spec, tmp_path / "too-big")
+    assert time.time() - began < 10
+
+
+def test_resource_check_counts_trainer_and_one_probe():
+    spec = RunSpec()
+    spec.trainer.num_workers = 2
+    spec.probes.resources = {"CPU": 0.5}
+    check_resources(spec, 3, available={"CPU": 2.5})
+    with pytest.raises(ResourceError, match="probes.mode=inline"):
+        check_resources(spec, 3, available={"CPU": 2.0})
+    spec.trainer.use_gpu = True
+    with pytest.raises(ResourceError, match="2 GPU"):
+        check_resources(spec, 0, available={"CPU": 8.0})
+
+
+def test_probe_trials_never_take_the_trainers_share():
+    from gblend_ray.distributed.cluster import probe_trials_that_fit
+
+    spec = RunSpec()  # 1 trainer worker x 1 CPU, 1 CPU per probe trial
+    assert probe_trials_that_fit(spec, 3, available={"CPU": 2.0}) == 1
+    assert probe_trials_that_fit(spec, 3, available={"CPU": 8.0}) == 3
+    spec.probes.resources = {"CPU": 0.5}
+    assert probe_trials_that_fit(spec, 3, available={"CPU": 2.0}) == 2
+
+
+def test_a_media_run_on_ray_decodes_clips_in_the_workers(ray_cluster, tmp_path):
+    """mp4 files through Ray Train and the Tune probe trials: every process loads the
+    manifest and decodes its own clips."""
+    from gblend_ray.data.media.testmedia import write_test_media
+
+    manifest = write_test_media(tmp_path / "media", classes=3, per_class=5, seconds=1.5, fps=12, size=48)
+    spec = _spec(manifest, epochs=2)
+    spec.blend.warmup_epochs, spec.blend.super_epoch = 1, 1
+    spec.data.heldout_fraction, spec.data.test_fraction, spec.data.val_fraction = 0.2, 0.25, 0.0
+    m = spec.data.media
+    m.frames, m.stride, m.resize, m.size, m.n_mels, m.mel_frames, m.eval_clips, m.num_workers = 2, 2, 20, 16, 8, 12, 2, 1
+    spec.train.batch_size = 4
+    results = run_on_ray(spec, tmp_path / "run")
+    assert [r["epoch"] for r in results["trajectory"]] == [0, 1]
+    assert set(results["trajectory"][0]["weights"]) == {"video", "audio", "fused"}
+    assert {"video_top1", "video_top5"} <= set(results["test"])

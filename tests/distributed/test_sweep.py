@@ -1,0 +1,105 @@
+"""Sweeps end to end on the session's local cluster: Tune over whole runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from gblend_ray.cli import main
+from gblend_ray.distributed.sweep import (
+    SweepError,
+    param_space,
+    trial_name,
+    trial_overrides,
+)
+
+TINY = {"model": {"hidden_dim": 32, "feature_dim": 16, "fusion_hidden_dim": 32},
+        "train": {"epochs": 4, "batch_size": 32, "threads": 1},
+        "blend": {"warmup_epochs": 2, "super_epoch": 2}}
+
+
+def _space(tmp_path, data, sweep, tracking="none"):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"data": {"path": str(data)}, **TINY, "tracking": {"backend": tracking},
+                                    "sweep": sweep}))
+    return path
+
+
+def test_param_space_and_trial_names():
+    space = param_space({"grid": {"seed": [0, 1]}, "cases": [{"method": "naive"}], "sample": {"optim.lr": {"loguniform": [0.01, 0.1]}}})
+    assert set(space) == {"seed", "case", "optim.lr"}
+    assert trial_overrides({"case": {"method": "naive"}, "seed": 1}) == {"method": "naive", "seed": 1}
+    assert trial_name({"seed": 1, "method": "gblend:online"}) == trial_name({"method": "gblend:online", "seed": 1})
+    with pytest.raises(SweepError, match="sweep.grid.seed"):
+        param_space({"grid": {"seed": 3}})
+    with pytest.raises(SweepError, match="unknown key"):
+        param_space({"grid": {"seed": [1]}, "trials": 3})
+
+
+def test_a_sweep_of_two_runs_on_ray_then_its_report(ray_cluster, av_overfit, tmp_path):
+    space = _space(tmp_path, av_overfit, {"grid": {"method": ["naive", "gblend:online"]}, "max_concurrent_trials": 2},
+                   tracking="wandb")
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(space), "--out", str(out)]) == 0
+    rows = json.loads((out / "sweep.json").read_text())
+    assert sorted(r["overrides"]["method"] for r in rows) == ["gblend:online", "naive"]
+    assert all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        results = json.loads((tmp_path / r["run_dir"] / "results.json").read_text())
+        assert results["method"] == r["overrides"]["method"]
+        assert list((tmp_path / r["run_dir"] / "wandb").glob("offline-run-*/run-*.wandb"))  # W&B, offline
+    gblend = next(r for r in rows if r["overrides"]["method"] == "gblend:online")
+    assert len(json.loads((tmp_path / gblend["run_dir"] / "trajectory.json").read_text())) == 2
+    assert main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "naive" in md and "gblend:online" in md and "[video,audio,fused]=[" in md
+
+
+def test_one_failing_trial_does_not_stop_the_others(ray_cluster, av_overfit, tmp_path):
+    space = _space(tmp_path, av_overfit, {
+        "cases": [{"method": "naive"}, {"method": "uni:video"}, {"method": "aux", "optim.lr": 1.0e9}],
+        "engine": "inline", "max_concurrent_trials": 2})
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(space), "--out", str(out)]) == 0
+    rows = {r["overrides"]["method"]: r for r in json.loads((out / "sweep.json").read_text())}
+    assert rows["naive"]["status"] == rows["uni:video"]["status"] == "ok"
+    assert rows["aux"]["status"] == "failed"
+    assert "diverged" in (out / "trials" / trial_name(rows["aux"]["overrides"]) / "error.txt").read_text()
+    assert main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "FAILED" in md and "diverged" in md
+
+
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, av_overfit, tmp_path):
+    space = _space(tmp_path, av_overfit, {"grid": {"seed": [0, 1, 2, 3]}, "engine": "inline",
+                                          "max_concurrent_trials": 1})
+    out = tmp_path / "sweep"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "gblend_ray.cli", "sweep", str(space), "--out", str(out)]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(out.glob("trials/*/results.json"))) < 2:
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("trials/*/results.json")}
+    assert 2 <= len(finished) < 4, "the sweep was not interrupted part-way"
+    second = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    rows = json.loads((out / "sweep.json").read_text())
+    assert sorted(r["overrides"]["seed"] for r in rows) == [0, 1, 2, 3] and all(r["status"] == "ok" for r in rows)
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime  # not run again
+
+
+def test_a_bad_trial_in_the_space_is_caught_before_any_trial_runs(av_overfit, tmp_path, capsys):
+    space = _space(tmp_path, av_overfit, {"grid": {"method": ["naive", "uni:depth"], "seed": [0, 1]}})
+    assert main(["sweep", str(space), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "uni:depth" in err and "method" in err and "video" in err
+    assert not (tmp_path / "s").exists()

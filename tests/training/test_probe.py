@@ -1,0 +1,47 @@
+import copy
+
+import torch
+
+from gblend_ray.core.spec import ModelSpec, OptimSpec
+from gblend_ray.data.sources import TensorData
+from gblend_ray.training.model import build_model
+from gblend_ray.training.probe import run_probe
+
+
+def _run(head):
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(hidden_dim=8, feature_dim=4, fusion_hidden_dim=8), {"v": (3,), "a": (5,)}, 3)
+    data = TensorData({"v": torch.randn(40, 3), "a": torch.randn(40, 5)}, torch.randint(0, 3, (40,)))
+    before = copy.deepcopy(model.state_dict())
+    result = run_probe(model, head, train=data, train_subset=data, heldout=data,
+                       optim=OptimSpec(lr=0.1, weight_decay=1e-3), epochs=3, start_epoch=0, seed=1)
+    after = model.state_dict()
+    return result, {k for k in before if not torch.equal(before[k], after[k])}, set(before)
+
+
+def test_uni_modal_probe_changes_only_its_encoder_and_head():
+    result, changed, every = _run("v")
+    assert changed  # it trained
+    assert all(k.startswith(("encoders.v.", "heads.v.")) for k in changed)
+    untouched = every - changed
+    assert any(k.startswith("encoders.a.") for k in untouched) and any(k.startswith("fusion.") for k in untouched)
+    m = result.measurement
+    assert m.train_after < m.train_before  # it learned the training data
+    assert result.head == "v" and result.seconds > 0
+
+
+def test_fused_probe_trains_encoders_and_fusion_not_uni_heads():
+    _, changed, _ = _run("fused")
+    assert any(k.startswith("fusion.") for k in changed)
+    assert any(k.startswith("encoders.a.") for k in changed) and any(k.startswith("encoders.v.") for k in changed)
+    assert not any(k.startswith("heads.") for k in changed)
+
+
+def test_accuracy_metric_measures_top1():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(hidden_dim=8, feature_dim=4), {"v": (3,)}, 3)
+    data = TensorData({"v": torch.randn(20, 3)}, torch.randint(0, 3, (20,)))
+    r = run_probe(model, "v", train=data, train_subset=data, heldout=data, optim=OptimSpec(),
+                  epochs=1, start_epoch=0, seed=0, metric="accuracy")
+    for x in (r.measurement.train_before, r.measurement.val_after):
+        assert 0.0 <= x <= 1.0 and (x * 20) == round(x * 20)
