@@ -1,3 +1,7 @@
+"""Shared fixtures. Tests that use the session's Ray cluster are marked ``ray`` and
+``slow`` here; other slow modules say so with ``pytestmark``. ``pytest -m "not slow"``
+runs the fast suite."""
+
 import numpy as np
 import pytest
 
@@ -36,3 +40,10 @@ def av_overfit(tmp_path_factory):
     from gblend_ray.data.synthetic import generate_preset
 
     return generate_preset("av-overfit", tmp_path_factory.mktemp("av") / "av-overfit", seed=0)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.slow)

@@ -48,3 +48,18 @@ def test_headline_prefers_video_level_then_top1_then_map():
     assert headline({"loss": 1, "top1": 0.5, "top5": 0.9}) == ("top1", "top5")
     assert headline({"loss": 1, "mAP": 0.3, "mAUC": 0.7}) == ("mAP", "mAUC")
     assert describe({"loss": 0.25, "mAP": 0.3, "mAUC": 0.7}) == "mAP 30.0%, mAUC 70.0%, loss 0.250"
+
+
+def test_agrees_with_scikit_learn_on_random_scores_with_ties():
+    """The hand-written AP and ROC AUC are scikit-learn's definitions (step-wise AP without
+    interpolation; AUC with ties counting half), class-averaged over the defined classes."""
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random((200, 6)), 1)  # one decimal: many tied scores
+    labels = (rng.random((200, 6)) < 0.3).astype(int)
+    labels[:, 5] = 0  # a class with no positive: left out of both means
+    defined = labels.any(axis=0)
+    expected_ap = metrics.average_precision_score(labels[:, defined], scores[:, defined], average="macro")
+    expected_auc = metrics.roc_auc_score(labels[:, defined], scores[:, defined], average="macro")
+    assert mean_average_precision(scores, labels) == pytest.approx(expected_ap, abs=1e-12)
+    assert mean_auc(scores, labels) == pytest.approx(expected_auc, abs=1e-12)

@@ -234,6 +234,8 @@ def _quickstart_overrides(data: Path) -> list[str]:
 
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the cluster's processes in /proc")
+@pytest.mark.ray
+@pytest.mark.slow
 def test_submit_sh_runs_a_sweep_on_a_cluster_started_with_ray_start(tmp_path):
     if not RAY.exists():
         pytest.skip(f"no ray executable next to {sys.executable}")

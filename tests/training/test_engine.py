@@ -89,3 +89,35 @@ def test_multilabel_evaluation_reports_map_and_mauc():
     m = evaluate(_Fixed(logits), TensorData({"x": torch.arange(4.0)[:, None]}, targets))["fused"]
     assert set(m) == {"loss", "mAP", "mAUC"}
     assert m["mAP"] == pytest.approx((5 / 6 + 1) / 2) and m["mAUC"] == pytest.approx((3 / 4 + 1) / 2)
+
+
+def test_the_step_loss_is_its_named_terms_and_each_is_logged():
+    """One step per epoch (the batch is the whole set), so each logged term is that
+    step's: total = blend + head_train, blend = Σ w_i L_i over the heads with weight."""
+    model, data = _setup()
+    opt = make_optimizer(model.parameters(), OptimSpec(lr=0.1))
+    weights = {"v": 0.2, "a": 0.0, "fused": 0.8}
+    (rec,) = train_epochs(model, data, opt, weights, 1, batch_size=32, full_heads=["fused"])
+    assert "loss/a" not in rec  # a head with weight 0 is not computed
+    assert rec["loss/blend"] == pytest.approx(0.2 * rec["loss/v"] + 0.8 * rec["loss/fused"])
+    # the detached copy of the fused head has the fused head's loss; it trains at 1 - 0.8
+    assert rec["loss/head_train"] == pytest.approx(0.2 * rec["loss/fused"])
+    assert rec["loss/total"] == pytest.approx(rec["loss/blend"] + rec["loss/head_train"])
+    assert "loss/uncertainty_reg" not in rec
+
+
+def test_uncertainty_terms_start_from_unit_weights():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(hidden_dim=8, feature_dim=4, fusion_hidden_dim=8), {"v": (3,), "a": (5,)}, 3,
+                        learned_weights=True)
+    _, data = _setup()
+    opt = make_optimizer(model.parameters(), OptimSpec(lr=0.1))
+    first, second = train_epochs(model, data, opt, dict.fromkeys(("v", "a", "fused"), 1.0), 2, batch_size=32)
+    # s_i = 0 at the first step: exp(-s_i) = 1, and the regularizer Σ s_i / 2 is 0
+    assert first["loss/uncertainty_reg"] == 0.0
+    assert first["loss/blend"] == pytest.approx(first["loss/v"] + first["loss/a"] + first["loss/fused"])
+    assert first["loss/total"] == pytest.approx(first["loss/blend"])
+    s = {h: -torch.log(torch.tensor(first[f"learned/{h}"])).item() for h in ("v", "a", "fused")}
+    assert second["loss/uncertainty_reg"] == pytest.approx(sum(s.values()) / 2, rel=1e-5)
+    assert second["loss/blend"] == pytest.approx(sum(first[f"learned/{h}"] * second[f"loss/{h}"] for h in s),
+                                                 rel=1e-5)

@@ -11,6 +11,8 @@ import yaml
 from gblend_ray.cli import main
 from gblend_ray.data.media.testmedia import write_test_media
 
+pytestmark = pytest.mark.slow
+
 CLIPS = {"frames": 4, "stride": 2, "resize": 40, "size": 32, "n_mels": 16, "mel_frames": 24,
          "eval_clips": 2, "num_workers": 0}
 
