@@ -5,6 +5,8 @@ The package is four layers, each importing only from those below it in this list
 reverse order (``pyproject.toml``'s import-linter contract enforces it):
 
 - ``core``: the math and the run specification (no torch, no Ray);
+- ``storage``: where a run's files live (a local path or a storage URI, through one
+  pyarrow filesystem) and the run directory's layout and identity;
 - ``data``: array and media data sets, the G-Blend splits, the sources the engine reads;
 - ``training``: encoders, fusions, the multi-head model, the engine (the one training
   loop), probes, checkpoints, run assembly, the in-process runner (PyTorch, no Ray);

@@ -29,9 +29,9 @@ The Gradient-Blending splits of a data set (T, V, T', test) are cut in ``splits.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np

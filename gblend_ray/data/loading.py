@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from ..core.spec import RunSpec
-from .arrays import Dataset, load_dataset
+from .arrays import Dataset, DatasetError, load_dataset
 from .media.dataset import MediaDataset, load_media_dataset
 from .media.manifest import is_media_path
 from .sources import BatchSource, TensorData
-from .splits import Splits, make_splits
+from .splits import Splits, check_splits, make_splits
 from .synthetic import generate_preset
 
 logger = logging.getLogger("gblend_ray.data")
@@ -50,6 +50,7 @@ def ensure_dataset(spec: RunSpec) -> AnyDataset:
         dataset = load_media_dataset(path, spec.data.media, spec.data.modalities)
     else:
         if spec.data.preset and not (path / "meta.yaml").exists():
+            _check_preset_target(path, spec.data.preset)
             logger.info("writing synthetic preset %r to %s", spec.data.preset, path)
             generate_preset(spec.data.preset, path, seed=spec.data.preset_seed)
         dataset = select_modalities(load_dataset(path), spec.data.modalities)
@@ -57,6 +58,30 @@ def ensure_dataset(spec: RunSpec) -> AnyDataset:
         raise ValueError(f"{dataset.path} is a multi-label task: set blend.metric: loss "
                          "(top-1 accuracy is not defined for it)")
     return dataset
+
+
+def _check_preset_target(path: Path, preset: str) -> None:
+    """A preset is generated only where nothing would be overwritten."""
+    if path.exists() and not path.is_dir():
+        raise DatasetError(f"{path}: data.preset {preset!r} would be written here, but this is a file; "
+                           "point data.path at a new directory")
+    held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if held:
+        shown = ", ".join(held[:8]) + (f" and {len(held) - 8} more" if len(held) > 8 else "")
+        raise DatasetError(f"{path}: has no meta.yaml, so it is not a dataset, but it is not empty ({shown}); "
+                           f"data.preset {preset!r} is only written into a new or empty directory: point "
+                           "data.path at one, or restore the dataset's meta.yaml")
+
+
+def run_splits(spec: RunSpec, dataset: AnyDataset) -> Splits:
+    """The run's T, V, T' and test (seeded by the run's seed), checked (``check_splits``):
+    an unusable split fails here, before any epoch trains; a weak one is logged."""
+    d = spec.data
+    splits = make_splits(dataset, heldout_fraction=d.heldout_fraction, subset_size=d.subset_size,
+                         seed=spec.seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction)
+    for warning in check_splits(dataset, splits):
+        logger.warning("%s", warning)
+    return splits
 
 
 def select_modalities(dataset: AnyDataset, modalities: list[str] | None) -> AnyDataset:
@@ -73,8 +98,7 @@ def prepare_data(spec: RunSpec, dataset: AnyDataset | None = None, device: str =
     """The run's sources, from ``dataset`` (as the driver loaded it) or from ``data.path``."""
     dataset = select_modalities(dataset or ensure_dataset(spec), spec.data.modalities)
     d = spec.data
-    splits = make_splits(dataset, heldout_fraction=d.heldout_fraction, subset_size=d.subset_size,
-                         seed=spec.seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction)
+    splits = run_splits(spec, dataset)
 
     if isinstance(dataset, MediaDataset):
         def clips(idx: np.ndarray, train: bool = False, k: int = 1) -> BatchSource:

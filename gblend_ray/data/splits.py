@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import SPLIT_VALUES, LabelledSamples
+from .arrays import SPLIT_VALUES, DatasetError, LabelledSamples
 
 
 @dataclass(frozen=True)
@@ -142,3 +142,42 @@ def make_splits(dataset: LabelledSamples, heldout_fraction: float = 0.1, subset_
     k = min(len(heldout) if subset_size is None else int(subset_size), len(t))
     subset = _idx(rng.choice(t, size=k, replace=False))
     return Splits(_idx(t), heldout, subset, _idx(val), _idx(test))
+
+
+def _class_counts(dataset: LabelledSamples, idx: np.ndarray) -> np.ndarray:
+    """Samples (multiclass) or positives (multi-label) of each class among ``idx``."""
+    labels = np.asarray(dataset.labels)[idx]
+    if labels.ndim == 1:
+        return np.bincount(labels.astype(np.int64), minlength=dataset.num_classes)
+    return (labels > 0.5).sum(axis=0)
+
+
+def check_splits(dataset: LabelledSamples, splits: Splits) -> list[str]:
+    """Raise ``DatasetError`` for splits a run cannot be measured on — an empty T, V, T' or
+    test part, a class with no sample in the train split — and return warnings for
+    splits that weaken it: a class absent from V (G-Blend's generalization ignores it) or
+    from test (its accuracy is not measured)."""
+    source = (f"{dataset.path}/split.npy" if dataset.split is not None and dataset.path
+              else f"the split drawn for {dataset.path} (data.val_fraction, data.test_fraction)")
+    sizes = splits.sizes()
+    counts = f"T {sizes['train']}, V {sizes['heldout']}, T' {sizes['train_subset']}, test {sizes['test']}"
+    for part, what in (("train", "T (the train split minus V)"), ("heldout", "V (held out from the train split)"),
+                       ("train_subset", "T' (the subset of T the train loss is measured on)"), ("test", "test")):
+        if sizes[part] == 0:
+            hint = ("mark some samples 'test' in split.npy, or delete it to draw a split" if part == "test"
+                    else "give the train split more samples, or raise data.heldout_fraction")
+            raise DatasetError(f"{source}: the {what} part is empty ({counts}); {hint}")
+    names = list(dataset.classes)
+    train = _class_counts(dataset, np.concatenate([splits.train, splits.heldout]))
+    missing = [names[c] for c in np.flatnonzero(train == 0)]
+    if missing:
+        raise DatasetError(f"{source}: the train split has no sample of {len(missing)} of {len(names)} classes "
+                           f"({', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}); a model cannot learn "
+                           "a class it never sees: put samples of every class in the train split")
+    warnings = []
+    for part, what in (("heldout", "V"), ("test", "the test split")):
+        absent = [names[c] for c in np.flatnonzero(_class_counts(dataset, getattr(splits, part)) == 0)]
+        if absent:
+            warnings.append(f"{source}: {what} has no sample of {len(absent)} class(es) "
+                            f"({', '.join(absent[:10])}{' ...' if len(absent) > 10 else ''}; {counts})")
+    return warnings

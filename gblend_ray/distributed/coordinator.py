@@ -1,31 +1,40 @@
-"""The coordinator actor: a run's G-Blend rounds, weights and trajectory.
+"""The coordinator actor: a run's G-Blend rounds, weights, trajectory and progress events.
 
 One per run, named after it so that a restarted trainer worker finds it. At a boundary
-rank 0 calls ``round(epoch, ...)``; the coordinator puts the round's k+1 probe tasks on a
-queue, the long-lived probe trials (``probe_trials.py``, Ray Tune) take them, run them
-and hand back their results, and the coordinator decides the weights
-(``assembly.decide``), appends the round to the trajectory, writes
-``trajectory.json`` and answers rank 0. A round asked for again (a worker group that
-restarted from the boundary checkpoint) gets the recorded weights: no round is lost
-or repeated.
+rank 0 calls ``round(segment, checkpoint)``; the coordinator puts the round's k+1 probe
+tasks on a queue, the long-lived probe trials (``probe_trials.py``, Ray Tune) take them,
+run them and hand back their results, and the coordinator decides the weights
+(``assembly.decide``), appends the round to the trajectory, writes ``trajectory.json``
+and answers rank 0. A round asked for again (a worker group that restarted from the
+boundary checkpoint, or a run resumed by a new driver) gets the recorded weights: no
+round is lost or repeated.
 
-State (trajectory, queue, results) is kept apart from the I/O (the Tune thread,
+Its state is persisted after every change — ``trajectory.json`` (the rounds) and
+``trained_weights.json`` (which weights every rank trained each segment with, and from
+which processes) — and reloaded when a run resumes, so a resumed run writes the files an
+uninterrupted one would.
+
+It is also the run's event queue: rank 0 posts each epoch's record, the coordinator adds
+each round's, and the driver takes them in order (``events``) for its tracker and
+progress lines. Nothing that records a run lives on a worker.
+
+State (trajectory, queue, results, events) is kept apart from the I/O (the Tune thread,
 ``_write``) so that a test can drive the class directly, without Ray.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from ..core.plan import Method, Segment
 from ..core.spec import RunSpec
+from ..storage.rundir import TRAINED, TRAJECTORY, RunDir
 from ..training.assembly import decide
 from ..training.probe import ProbeResult
 
@@ -36,13 +45,14 @@ _POLL_S = 1.0
 
 @dataclass(frozen=True)
 class ProbeTask:
-    """One probe of one round: which head, from which checkpoint, for how long."""
+    """One probe of one round: which head, from which checkpoint, for how long.
+    ``checkpoint`` is the boundary's ``ray.train.Checkpoint`` (any storage)."""
 
     epoch: int
     head: str
     head_index: int
     probe_epochs: int
-    checkpoint_dir: str
+    checkpoint: Any
 
 
 class ProbeRoundError(RuntimeError):
@@ -50,23 +60,23 @@ class ProbeRoundError(RuntimeError):
 
 
 class Coordinator:
-    def __init__(self, spec: RunSpec, method: Method, heads: list[str], run_dir: str):
+    def __init__(self, spec: RunSpec, method: Method, heads: list[str], run_dir: str | RunDir, resume: bool = False):
         self.spec, self.method, self.heads = spec, method, list(heads)
-        self.run_dir = Path(run_dir)
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self._cond = threading.Condition()
-        self._trajectory: list[dict] = []
+        self._trajectory: list[dict] = self.run.read_json(TRAJECTORY, []) if resume else []
+        self._trained: list[dict] = self.run.read_json(TRAINED, []) if resume else []
         self._queue: deque[ProbeTask] = deque()
         self._in_flight: dict[int, ProbeTask] = {}
         self._results: dict[tuple[int, str], ProbeResult] = {}
-        self._trained: list[dict] = []
+        self._events: list[tuple[str, dict]] = []
         self._done = False
         self._probes_error: str | None = None
         self._probes_thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- trainer side
 
-    def round(self, segment: Segment, checkpoint_dir: str,
-              results: dict[str, ProbeResult] | None = None) -> dict:
+    def round(self, segment: Segment, checkpoint: Any, results: dict[str, ProbeResult] | None = None) -> dict:
         """The round for ``segment``: ``{"weights", "record", "replayed"}``. A round that
         already ran is answered from its record (``replayed``); otherwise it runs, on the
         probe trials or from ``results`` that rank 0 computed inline."""
@@ -75,17 +85,21 @@ class Coordinator:
             for record in self._trajectory:
                 if record["epoch"] == segment.start:
                     logger.info("round at epoch %d already recorded; returning its weights", segment.start)
+                    self._events.append(("round", dict(record)))
+                    self._cond.notify_all()
                     return {"weights": dict(record["weights"]), "record": dict(record), "replayed": True}
             if results is None:
                 for index, head in enumerate(self.heads):
-                    self._queue.append(ProbeTask(segment.start, head, index, segment.probe_epochs, checkpoint_dir))
+                    self._queue.append(ProbeTask(segment.start, head, index, segment.probe_epochs, checkpoint))
                 self._cond.notify_all()
                 results = self._wait_for(segment.start)
             previous = self._trajectory[-1]["weights"] if self._trajectory else None
             weights, record = decide(self.spec, self.method, segment, {h: results[h] for h in self.heads}, previous)
             record["round_seconds"] = time.perf_counter() - began
             self._trajectory.append(record)
-            self._write("trajectory.json", self._trajectory)
+            self._write(TRAJECTORY, self._trajectory)
+            self._events.append(("round", dict(record)))
+            self._cond.notify_all()
         logger.info("round at epoch %d: weights %s (%.2f s)", segment.start,
                     {h: round(w, 3) for h, w in weights.items()}, record["round_seconds"])
         return {"weights": weights, "record": record, "replayed": False}
@@ -102,12 +116,35 @@ class Coordinator:
     def record_training(self, rank: int, epoch: int, weights: dict[str, float], pid: int | None = None,
                         boundary_seconds: float | None = None) -> None:
         """Each rank says which weights it trains the segment at ``epoch`` with, from which
-        process (a restarted worker group shows up) and how long the boundary took it
-        (checkpoint, round, broadcast)."""
+        process and how long the boundary took it (checkpoint, round, broadcast). A rank
+        that trains the segment again (a restarted worker group, a resumed run) adds its
+        process to the segment's record: one record per rank and segment."""
         with self._cond:
-            self._trained.append({"rank": rank, "epoch": epoch, "weights": dict(weights), "pid": pid,
-                                  "boundary_seconds": boundary_seconds})
-            self._write("trained_weights.json", self._trained)
+            record = next((t for t in self._trained if t["rank"] == rank and t["epoch"] == epoch), None)
+            if record is None:
+                record = {"rank": rank, "epoch": epoch, "weights": dict(weights), "pids": [], "boundary_seconds": []}
+                self._trained.append(record)
+            elif record["weights"] != weights:
+                logger.warning("rank %d trains the segment at epoch %d again with other weights (%s, was %s)",
+                               rank, epoch, weights, record["weights"])
+                record["weights"] = dict(weights)
+            record["pids"].append(pid)
+            record["boundary_seconds"].append(boundary_seconds)
+            self._write(TRAINED, self._trained)
+
+    def post(self, kind: str, record: dict) -> None:
+        """An event for the driver (rank 0 posts ``("epoch", record)`` after every epoch)."""
+        with self._cond:
+            self._events.append((kind, record))
+            self._cond.notify_all()
+
+    def events(self, cursor: int, wait_s: float = 1.0) -> tuple[int, list[tuple[str, dict]]]:
+        """The events after the first ``cursor`` (waiting up to ``wait_s`` for one), and the
+        cursor to ask from next."""
+        with self._cond:
+            if len(self._events) <= cursor and not self._done:
+                self._cond.wait(wait_s)
+            return len(self._events), list(self._events[cursor:])
 
     def finish(self) -> list[dict]:
         """End the run: probe trials stop at their next poll. Returns the trajectory."""
@@ -172,7 +209,4 @@ class Coordinator:
         self._probes_thread.start()
 
     def _write(self, name: str, payload: list[dict]) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / (name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, allow_nan=False))
-        tmp.replace(self.run_dir / name)
+        self.run.write_json(name, payload)

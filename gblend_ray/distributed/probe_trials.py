@@ -17,6 +17,7 @@ import ray
 from ray import tune
 
 from ..core.spec import RunSpec
+from ..storage.location import Location
 from ..training.assembly import assemble, run_head_probe
 from ..training.checkpoint import load_checkpoint
 
@@ -36,7 +37,8 @@ def probe_trial(config: dict, spec: RunSpec, coordinator: str, namespace: str, d
             return
         if task == "idle":
             continue
-        a.model.load_state_dict(load_checkpoint(task.checkpoint_dir).model)  # the probe trains it in place
+        with task.checkpoint.as_directory() as where:  # the boundary's checkpoint, from any storage
+            a.model.load_state_dict(load_checkpoint(where).model)  # the probe trains it in place
         result = run_head_probe(spec, a.model, a.data, task.head, head_index=task.head_index, epoch=task.epoch,
                                 probe_epochs=task.probe_epochs)
         ray.get(coord.submit.remote(slot, task, result))
@@ -45,7 +47,7 @@ def probe_trial(config: dict, spec: RunSpec, coordinator: str, namespace: str, d
                      **dataclasses.asdict(result.measurement), "probe_seconds": result.seconds})
 
 
-def run_trials(spec: RunSpec, coordinator: str, namespace: str, num_trials: int, storage_path: str,
+def run_trials(spec: RunSpec, coordinator: str, namespace: str, num_trials: int, storage: Location,
                dataset: ray.ObjectRef) -> None:
     """The Tune experiment of ``num_trials`` probe trials; returns when they all end.
     ``dataset`` is the run's loaded data set in the object store; ``tune.with_parameters``
@@ -59,7 +61,7 @@ def run_trials(spec: RunSpec, coordinator: str, namespace: str, num_trials: int,
         trainable,
         param_space={"slot": tune.grid_search(list(range(num_trials)))},
         tune_config=tune.TuneConfig(max_concurrent_trials=num_trials),
-        run_config=tune.RunConfig(name="probes", storage_path=storage_path, verbose=0,
+        run_config=tune.RunConfig(name="probes", storage_path=storage.path, storage_filesystem=storage.fs, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=2)),
     )
     results = tuner.fit()

@@ -1,7 +1,11 @@
 """One run on Ray: a coordinator actor, probe trials on Ray Tune, a Ray Train trainer.
 
-The same plan, engine and round decisions as the in-process runner (``training/runner.py``);
-with one worker, the same seed and config give the same trajectory.
+The same plan, engine and round decisions as the in-process runner
+(``training/runner.py``); with one worker, the same seed and config give the same
+trajectory. The driver (this process) records the run: it takes rank 0's epoch records
+and the coordinator's rounds from the coordinator's event queue and hands them to its
+observer (tracker, progress), and writes ``results.json``; the workers write nothing of
+their own, so no file depends on a worker's working directory or node.
 """
 
 from __future__ import annotations
@@ -9,20 +13,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
 import time
-from pathlib import Path
 
 import ray
 
 from ..core.plan import heads_of
 from ..core.spec import RunSpec
-from ..data.loading import AnyDataset, ensure_dataset, select_modalities
+from ..data.loading import AnyDataset, ensure_dataset, run_splits, select_modalities
+from ..storage.rundir import RAY, RunDir
 from ..training.assembly import RunObserver, method_of, write_run
 from ..training.checkpoint import load_checkpoint
 from .cluster import check_resources, connect, probe_resources, probe_trials_that_fit, trainer_resources
 from .coordinator import Coordinator
 from .probe_trials import run_trials
-from .trainer import build_trainer
+from .trainer import build_trainer, latest_state
 
 logger = logging.getLogger("gblend_ray.ray_runner")
 
@@ -41,18 +46,56 @@ def cpus_for(spec: RunSpec, num_heads: int) -> float:
     return trainer_resources(spec).get("CPU", 0.0) + probe_resources(spec, trials).get("CPU", 0.0)
 
 
-def coordinator_name(run_dir: Path) -> str:
+def coordinator_name(run: RunDir) -> str:
     """Named after the run directory, so the run's workers (and a restarted one) find it."""
-    return f"gblend-{run_dir.name}-{hashlib.sha1(str(run_dir).encode()).hexdigest()[:8]}"
+    return f"gblend-{run.location.name}-{hashlib.sha1(run.uri.encode()).hexdigest()[:8]}"
 
 
-def run_on_ray(spec: RunSpec, out_dir: str | Path, dataset: AnyDataset | None = None,
-               observer: RunObserver | None = None) -> dict:
+class EventRelay:
+    """A driver thread that hands the coordinator's events (rank 0's epochs, the rounds)
+    to the run's observer, in order, as they come."""
+
+    def __init__(self, coord, observer: RunObserver | None):
+        self.coord, self.observer = coord, observer
+        self._cursor = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="gblend-events", daemon=True)
+        if observer is not None:
+            self._thread.start()
+
+    def _deliver(self, wait_s: float) -> None:
+        self._cursor, events = ray.get(self.coord.events.remote(self._cursor, wait_s))
+        for kind, record in events:
+            (self.observer.on_epoch if kind == "epoch" else self.observer.on_round)(record)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._deliver(1.0)
+            except Exception as err:  # the coordinator is gone (the run ended or failed)
+                logger.debug("event relay stopped: %s", err)
+                return
+
+    def close(self, drain: bool = True) -> None:
+        """Stop the thread; with ``drain``, deliver what the coordinator still holds first."""
+        if self.observer is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=10)
+        if drain:
+            self._deliver(0.0)
+
+
+def run_on_ray(spec: RunSpec, out_dir: str | RunDir, dataset: AnyDataset | None = None,
+               observer: RunObserver | None = None, *, resume: bool = False) -> dict:
     """Train one run on the Ray cluster; write and return its results (with trajectory).
-    ``observer`` goes to rank 0, which trains, measures the test split and tells it."""
+    ``resume`` continues the run in ``out_dir`` from its last boundary checkpoint, with
+    the rounds and trained weights it recorded."""
     began = time.perf_counter()
+    run = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
     dataset = select_modalities(dataset or ensure_dataset(spec), spec.data.modalities)
     method = method_of(spec, dataset)
+    run_splits(spec, dataset)  # an unusable split fails here, before any worker starts
     heads = heads_of(list(dataset.modalities))
     wanted = probe_trial_count(spec, method.kind == "gblend", len(heads))
     connect(cpus_wanted=cpus_for(spec, len(heads)))
@@ -65,22 +108,33 @@ def run_on_ray(spec: RunSpec, out_dir: str | Path, dataset: AnyDataset | None = 
     # Loaded and checked once, here: every worker and probe trial reads this copy instead
     # of loading the arrays again or re-checking every media file of the manifest.
     dataset_ref = ray.put(dataset)
-    run_dir = Path(out_dir).resolve()
-    name = coordinator_name(run_dir)
+    name = coordinator_name(run)
     namespace = ray.get_runtime_context().namespace
     coord = ray.remote(Coordinator).options(
         name=name, namespace=namespace, get_if_exists=True, num_cpus=0, max_concurrency=4 * len(heads) + 16,
-    ).remote(spec, method, heads, str(run_dir))
+    ).remote(spec, method, heads, run, resume)
+    if resume and observer is not None:
+        state = latest_state(run)
+        if state is not None:  # what the tracker may have missed before the interruption
+            observer.on_resume(state.epoch, state.history, [r for r in ray.get(coord.trajectory.remote())
+                                                            if r["epoch"] <= state.epoch])
     if trials:
         ray.get(coord.start_probes.remote(
-            functools.partial(run_trials, spec, name, namespace, trials, str(run_dir / "ray"), dataset_ref)))
+            functools.partial(run_trials, spec, name, namespace, trials, run / RAY, dataset_ref)))
+    relay = EventRelay(coord, observer)
     try:
-        result = build_trainer(spec, run_dir, name, namespace, dataset_ref, observer).fit()
-    finally:
-        trajectory = ray.get(coord.finish.remote())
-        ray.kill(coord)
+        result = build_trainer(spec, run, name, namespace, dataset_ref).fit()
+    except BaseException:
+        relay.close(drain=False)
+        ray.kill(coord)  # its probe trials end with it
+        raise
+    relay.close()
+    trajectory = ray.get(coord.finish.remote())
+    ray.kill(coord)
     with result.checkpoint.as_directory() as d:
         results = load_checkpoint(d).results
     results["seconds"] = time.perf_counter() - began
-    write_run(run_dir, results, trajectory)
+    write_run(run, results, trajectory)
+    if observer is not None:
+        observer.on_end(results)
     return {**results, "trajectory": trajectory}

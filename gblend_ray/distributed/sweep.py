@@ -28,20 +28,25 @@ import hashlib
 import json
 import re
 import sys
-import traceback
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 from ray import tune
 
-from ..core.spec import RunSpec
-from ..training.assembly import RunObserver
+from ..storage.location import Location, resolve
+from ..storage.rundir import ERROR, RunDir
 from ..training.runner import run_inline
+from .errors import describe_failure
 from .ray_runner import run_on_ray
 
-# Builds a trial's spec from its overrides and prepares its run directory (writes the
-# config); returns the spec and the run's observer. Injected by the interfaces layer.
-PrepareRun = Callable[[dict, Path], tuple[RunSpec, RunObserver | None]]
+PrepareRun = Callable[[dict, str, bool], Any]
+"""Builds a trial's spec from its overrides and claims its run directory (a URI),
+resuming what it holds when told: returns a prepared run (``.spec``, ``.run``,
+``.claim``, ``.observer``, ``.resume``, ``.results()``). Injected by the interfaces
+layer (``experiment.prepare_trial``)."""
+
+SWEEP_ENGINES = ("ray", "inline")
+TUNE, TRIALS, SWEEP_JSON = "tune", "trials", "sweep.json"
 
 _SAMPLERS = {"choice": tune.choice, "uniform": tune.uniform, "loguniform": tune.loguniform,
              "randint": tune.randint}
@@ -94,22 +99,20 @@ def trial_name(overrides: dict) -> str:
 
 
 def sweep_trial(config: dict, prepare: PrepareRun, out: str, engine: str) -> None:
-    """One trial: one whole run. Reports its test metrics to Tune."""
+    """One trial: one whole run in ``OUT/trials/<overrides>/``. A trial whose run finished
+    before (a resumed sweep) reports its results without training; one that was
+    interrupted, or that Tune retries, resumes its run from its last boundary
+    checkpoint. Reports its test metrics to Tune."""
     overrides = trial_overrides(config)
-    run_dir = Path(out) / "trials" / trial_name(overrides)
-    done = run_dir / "results.json"
-    if done.exists():  # finished before the sweep was interrupted: never run twice
-        results = json.loads(done.read_text())
-        tune.report({**_test_metrics(results), "reused": 1})
+    prepared = prepare(overrides, (resolve(out) / TRIALS / trial_name(overrides)).uri, True)
+    if prepared.claim == "finished":  # never run twice
+        tune.report({**_test_metrics(prepared.results()), "reused": 1})
         return
-    (run_dir / "error.txt").unlink(missing_ok=True)
-    spec, observer = prepare(overrides, run_dir)
     try:
         run = run_on_ray if engine == "ray" else run_inline
-        results = run(spec, run_dir, observer=observer)
+        results = run(prepared.spec, prepared.run, observer=prepared.observer, resume=prepared.resume)
     except Exception as err:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+        prepared.run.fail(describe_failure(err), err)
         raise
     finally:
         _close_wandb()
@@ -132,16 +135,60 @@ def _close_wandb() -> None:
             pass
 
 
-def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Path, *, cpus_per_trial: float,
-              resume: bool = False, verbose: int = 1) -> list[dict]:
+class _Lines(tune.Callback):
+    """The sweep's own terminal lines: one per finished or failed trial, with the count."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.failed = total, 0, 0
+
+    def _say(self, trial, what: str) -> None:
+        print(f"[sweep {self.done + self.failed}/{self.total}: {self.done} ok, {self.failed} failed] "
+              f"{trial_name(trial_overrides(trial.config or {}))}: {what}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        metrics = {k: v for k, v in (trial.last_result or {}).items() if k.startswith("test_")}
+        self._say(trial, ", ".join(f"{k[5:]} {100 * v:.1f}%" for k, v in metrics.items() if k != "test_loss")
+                  or "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.failed += 1
+        self._say(trial, "FAILED")
+
+
+def trial_count(sweep: dict) -> int:
+    """How many trials the sweep's grid, cases and samples make."""
+    n = len(sweep.get("cases") or [None]) * int(sweep.get("num_samples", 1))
+    for values in (sweep.get("grid") or {}).values():
+        n *= len(values) if isinstance(values, list) else 1
+    return n
+
+
+def check_sweep_dir(out: Location, resume: bool, overwrite: bool) -> None:
+    """A sweep directory holds one sweep: a second one into it is refused unless it
+    resumes the first (``resume``) or replaces it (``overwrite``)."""
+    held = [n for n in (TUNE, TRIALS, SWEEP_JSON) if (out / n).exists()]
+    if not held or resume:
+        return
+    if overwrite:
+        for name in held:
+            (out / name).remove()
+        return
+    raise SweepError(f"{out.uri} already holds a sweep ({', '.join(held)}): --resume continues it, "
+                     "--overwrite removes it and starts this one, or choose another --out")
+
+
+def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, cpus_per_trial: float,
+              resume: bool = False, overwrite: bool = False, verbose: int = 0) -> list[dict]:
     """Run (or resume) the sweep; write ``OUT/sweep.json``; return one row per trial."""
     import ray
 
-    out = Path(out).resolve()
+    out = resolve(out)
     engine = sweep.get("engine", "ray")
-    if engine not in ("ray", "inline"):
-        raise SweepError(f"sweep.engine: expected ray or inline, got {engine!r}")
+    if engine not in SWEEP_ENGINES:
+        raise SweepError(f"sweep.engine: expected one of {', '.join(SWEEP_ENGINES)}, got {engine!r}")
     space = param_space(sweep)
+    check_sweep_dir(out, resume, overwrite)
     total_cpus = ray.cluster_resources().get("CPU", 1.0)
     concurrent = sweep.get("max_concurrent_trials") or max(1, int(total_cpus // max(cpus_per_trial, 1e-9)))
     # An inline trial trains in its own Tune actor and holds its CPUs; a Ray trial holds
@@ -149,29 +196,47 @@ def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Path, *, cpus_per_tri
     # runs cannot starve each other as long as `concurrent` runs fit in the cluster.
     resources = {"CPU": cpus_per_trial} if engine == "inline" else {"CPU": 0.001}
     trainable = tune.with_resources(
-        tune.with_parameters(sweep_trial, prepare=prepare, out=str(out), engine=engine), resources)
-    path = out / "tune" / EXPERIMENT
-    if resume and tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False)
+        tune.with_parameters(sweep_trial, prepare=prepare, out=out.uri, engine=engine), resources)
+    storage = out / TUNE
+    path = (storage / EXPERIMENT).path
+    lines = _Lines(trial_count(sweep))
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=storage.fs):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False, storage_filesystem=storage.fs)
+        inner = getattr(tuner, "_local_tuner", None)  # restore brings back the old run's callbacks,
+        if inner is not None:  # counts and all: count this run's trials afresh
+            inner._run_config.callbacks = [lines]
     else:
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(num_samples=int(sweep.get("num_samples", 1)),
                                         max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / "tune"), verbose=verbose,
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage.path, storage_filesystem=storage.fs,
+                                      verbose=verbose, callbacks=[lines],
                                       failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
         )
     grid = tuner.fit()
     rows = []
     for result in grid:
         overrides = trial_overrides(result.config or {})
+        run = RunDir(out / TRIALS / trial_name(overrides))
         rows.append({
             "overrides": overrides,
-            "run_dir": str(out / "trials" / trial_name(overrides)),
+            "run_dir": run.uri,
             "status": "failed" if result.error is not None else "ok",
-            "error": str(result.error).splitlines()[0] if result.error is not None else None,
+            "error": _trial_error(run, result.error),
             "test_top1": (result.metrics or {}).get("test_top1"),
         })
-    (out / "sweep.json").write_text(json.dumps(rows, indent=2, default=str))
+    (out / SWEEP_JSON).write_text(json.dumps(rows, indent=2, default=str))
     return rows
+
+
+def _trial_error(run: RunDir, error: BaseException | None) -> str | None:
+    """A failed trial's cause: the first line of its ``error.txt``, else Tune's error's."""
+    if error is None:
+        return None
+    if run.exists(ERROR):
+        first = run.location.join(ERROR).read_text().strip().splitlines()
+        if first:
+            return first[0]
+    return describe_failure(error)

@@ -1,12 +1,17 @@
 """The ``gblend`` command line.
 
-    gblend run CONFIG.yaml --out DIR [--inline] [--set key=value ...]
-    gblend compare CONFIG.yaml --methods uni:video,naive,gblend:online --seeds 3 --out DIR
-    gblend sweep SPACE.yaml --out DIR [--resume] [--set key=value ...]
+    gblend run CONFIG.yaml --out DIR [--inline] [--resume | --overwrite] [--verbose] [--set key=value ...]
+    gblend compare CONFIG.yaml --methods uni:video,naive,gblend:online --seeds 3 --out DIR [--resume | --overwrite]
+    gblend sweep SPACE.yaml --out DIR [--resume | --overwrite] [--set key=value ...]
     gblend report DIR
     gblend make-synthetic OUT_DIR --preset av-overfit --seed 0
     gblend make-media OUT_DIR [--classes 3 --per-class 8 --multilabel]
     gblend extract-flow MANIFEST OUT_DIR [--resize 128 --bound 20 --on-bad-sample skip]
+
+Exit codes: 0 done, 1 a run failed, 2 bad input (config, data, run directory,
+resources), 130 interrupted. A failed command's last line is ``gblend: error: <cause>``;
+on Ray, Ray's own output (worker logs, tracebacks) goes to the run's ``ray.log``
+(``OUT/ray.log`` for compare and sweep) instead of the terminal, unless ``--verbose``.
 """
 
 from __future__ import annotations
@@ -15,16 +20,32 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 import time
-from pathlib import Path
 
-from .config import ConfigError, check_against_dataset, load_config
 from ..core.metrics import describe
 from ..core.spec import ON_BAD_SAMPLE
 from ..data.arrays import DatasetError
+from ..storage.location import StorageError, resolve
+from ..storage.rundir import LOG, RunDirError
+from .config import ConfigError, check_against_dataset, load_config
 
 METHODS_DEFAULT = "uni:video,uni:audio,naive,aux,gblend:offline,gblend:online"
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class RunFailed(Exception):
+    """A run (or some runs of a compare or sweep) failed while it ran; the message is its
+    cause, the run directory's ``error.txt`` has the traceback."""
+
+
+def _lifecycle(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue the {what} in --out from its last checkpoint (finished runs are kept)")
+    p.add_argument("--overwrite", action="store_true", help=f"remove the {what} in --out first and start over")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own output and the product's info logs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,9 +54,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train one run; writes DIR/results.json and DIR/trajectory.json")
     run.add_argument("config")
-    run.add_argument("--out", required=True)
+    run.add_argument("--out", required=True, help="the run directory: a local path or a storage URI")
     run.add_argument("--inline", action="store_true", help="run in this process, without Ray")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _lifecycle(run, "run")
 
     cmp_ = sub.add_parser("compare", help="several methods x seeds; writes DIR/summary.json")
     cmp_.add_argument("config")
@@ -44,17 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--seeds", type=int, default=3, help="number of seeds: 0..N-1 (default 3)")
     cmp_.add_argument("--out", required=True)
     cmp_.add_argument("--inline", action="store_true", help="run in this process, without Ray")
-    cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _lifecycle(cmp_, "runs")
 
     swp = sub.add_parser("sweep", help="a Ray Tune sweep of whole runs over a search space")
     swp.add_argument("space", help="a run config with a sweep: section")
     swp.add_argument("--out", required=True)
-    swp.add_argument("--resume", action="store_true", help="continue an interrupted sweep in DIR")
-    swp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _lifecycle(swp, "sweep")
 
     rep = sub.add_parser("report", help="report.md, report.csv and plots for a run, compare or sweep directory")
     rep.add_argument("dir")
-
     syn = sub.add_parser("make-synthetic", help="write a synthetic benchmark dataset")
     syn.add_argument("out_dir")
     syn.add_argument("--preset", default="av-overfit")
@@ -81,24 +100,138 @@ def _parser() -> argparse.ArgumentParser:
 
 
 
-def _run(spec, out_dir: Path, dataset, inline: bool) -> dict:
-    """One run: in this process with ``--inline``, else on Ray (``RAY_ADDRESS`` or a local cluster)."""
-    from .experiment import prepare
+def _resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted command: the same, with --resume."""
+    kept = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return shlex.join(["gblend", *kept, "--resume"])
 
-    spec, observer = prepare(spec, out_dir)
+
+def _interrupted(what: str, run_dirs, argv: list[str]) -> str:
+    """Where an interrupted command stopped, and how to go on."""
+    from ..storage.rundir import RunDir
+
+    marks = []
+    for where in run_dirs:
+        run = RunDir(where)
+        epochs = run.checkpoint_epochs()
+        marks.append(f"{run.uri}: last checkpoint at epoch {epochs[-1]}" if epochs else f"{run.uri}: no checkpoint yet")
+    return f"gblend: interrupted ({what}; {'; '.join(marks[-3:]) or 'nothing started'}); resume with: " \
+           + _resume_command(argv)
+
+
+def _one_run(prepared, dataset, inline: bool) -> dict:
+    """One prepared run: in this process with ``--inline``, else on Ray (``RAY_ADDRESS``
+    or a local cluster). A failure is recorded in the run directory and re-raised."""
+    try:
+        if inline:
+            from ..training.runner import run_inline
+
+            return run_inline(prepared.spec, prepared.run, dataset, prepared.observer, resume=prepared.resume)
+        from ..distributed.ray_runner import run_on_ray
+
+        return run_on_ray(prepared.spec, prepared.run, dataset, prepared.observer, resume=prepared.resume)
+    except Exception as err:
+        cause = _cause(err)
+        prepared.run.fail(cause, err)
+        if _is_bad_input(err):  # found before anything trained: the setting to change is named
+            raise
+        raise RunFailed(cause) from err
+
+
+def _cause(err: BaseException) -> str:
+    try:
+        from ..distributed.errors import describe_failure
+    except ImportError:  # no Ray: nothing wraps the error
+        return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+    return describe_failure(err)
+
+
+def _is_bad_input(err: BaseException) -> bool:
+    """Errors that mean the command cannot run as asked, found before anything trained."""
+    bad: tuple[type, ...] = (ConfigError, DatasetError, RunDirError, StorageError)
+    try:
+        from ..distributed.cluster import ResourceError
+        from ..distributed.sweep import SweepError
+
+        bad += (ResourceError, SweepError)
+    except ImportError:
+        pass
+    return isinstance(err, bad)
+
+
+def _ray_log(where, verbose: bool, inline: bool, spec=None, dataset=None):
+    """Join (or start) the Ray cluster and send Ray's own output to ``where``'s log for the
+    block (``ray_output``); nothing for the in-process engine. A local cluster is started
+    once, sized for the largest run (G-Blend's probe trials)."""
+    import contextlib
+
     if inline:
-        from ..training.runner import run_inline
+        return contextlib.nullcontext()
+    from ..distributed.cluster import connect, ray_output
 
-        return run_inline(spec, out_dir, dataset, observer)
-    from ..distributed.cluster import connect
-    from ..distributed.ray_runner import cpus_for, run_on_ray
+    if spec is not None:
+        from ..distributed.ray_runner import cpus_for
 
-    # A local cluster is started once, sized for the largest run (G-Blend's probe trials).
-    connect(cpus_wanted=cpus_for(spec, len(dataset.modalities) + 1))
-    return run_on_ray(spec, out_dir, dataset, observer)
+        connect(cpus_wanted=cpus_for(spec, len(dataset.modalities) + 1))
+    return ray_output(None if verbose else resolve(where) / LOG)
 
 
-def _sweep(args) -> None:
+def _cmd_run(args, argv: list[str]) -> int:
+    from .experiment import open_run
+
+    spec, dataset = _load(args)
+    prepared = open_run(spec, args.out, resume=args.resume, overwrite=args.overwrite)
+    if prepared.claim == "finished":
+        result = prepared.results()
+        print(f"{result['method']}: already finished in {prepared.run.uri}: test {describe(result['test'])} "
+              "(--overwrite trains it again)")
+        return EXIT_OK
+    try:
+        with _ray_log(prepared.run.location, args.verbose, args.inline, spec, dataset):
+            result = _one_run(prepared, dataset, args.inline)
+    except KeyboardInterrupt:
+        print(_interrupted("the run", [prepared.run.location], argv), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"{result['method']}: test {describe(result['test'])}; wrote {prepared.run.uri}/results.json "
+          "and trajectory.json")
+    if result.get("skipped"):
+        print(f"left out {len(result['skipped'])} bad file(s), listed under 'skipped' in results.json")
+    return EXIT_OK
+
+
+def _cmd_compare(args, argv: list[str]) -> int:
+    from .compare import compare, format_table, prepare_runs
+
+    spec, dataset = _load(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        check_against_dataset(dataclasses.replace(spec, method=m), list(dataset.modalities))
+    prepared = prepare_runs(spec, methods, list(range(args.seeds)), args.out, resume=args.resume,
+                            overwrite=args.overwrite)
+    began = time.perf_counter()
+    started = []
+
+    def run(p) -> dict:
+        started.append(p.run.location)
+        return _one_run(p, dataset, args.inline)
+
+    try:
+        with _ray_log(resolve(args.out), args.verbose, args.inline, spec, dataset):
+            summary = compare(prepared, args.out, run, on_failure=lambda p, err: str(err))
+    except KeyboardInterrupt:
+        print(_interrupted("the compare", started[-1:], argv), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print()
+    print(format_table(summary))
+    print(f"\n{len(methods)} methods x {args.seeds} seeds in {time.perf_counter() - began:.0f} s; "
+          f"wrote {resolve(args.out).uri}/summary.json")
+    failed = sum(len(s.get("failed_seeds", [])) for s in summary.values())
+    if failed:
+        raise RunFailed(f"{failed} of {len(prepared)} runs failed (each run's error.txt says why)")
+    return EXIT_OK
+
+
+def _cmd_sweep(args, argv: list[str]) -> int:
     import functools
 
     from ..data.loading import ensure_dataset
@@ -111,22 +244,32 @@ def _sweep(args) -> None:
     sweep_sets = [o for o in args.overrides if o.startswith("sweep.")]
     base, sweep = load_config_with_sweep(args.space, [o for o in args.overrides if not o.startswith("sweep.")])
     if not sweep:
-        raise SweepError(f"{args.space}: no sweep: section; add one (see gblend_ray/distributed/sweep.py) or use gblend run")
+        raise SweepError(f"{args.space}: no sweep: section; add one (see gblend_ray/distributed/sweep.py) "
+                         "or use gblend run")
     sweep = _set_sweep_keys(sweep, sweep_sets)
     dataset = ensure_dataset(base)  # generate a preset once, before trials race to it
     _check_trials(base, sweep, list(dataset.modalities), args.space)
-    out = Path(args.out).resolve()
+    out = resolve(args.out)
     engine = sweep.get("engine", "ray")
     per_trial = cpus_for(base, len(dataset.modalities) + 1) if engine == "ray" else 1.0
     # A local cluster we start holds two runs at once; a given cluster (RAY_ADDRESS) holds
     # what its resources allow, unless the space says max_concurrent_trials.
     connect(cpus_wanted=per_trial * (sweep.get("max_concurrent_trials") or 2))
-    rows = run_sweep(sweep, functools.partial(prepare_trial, base=spec_to_dict(base), group=out.name),
-                     out, cpus_per_trial=per_trial, resume=args.resume)
+    try:
+        with _ray_log(out, args.verbose, inline=False):
+            rows = run_sweep(sweep, functools.partial(prepare_trial, base=spec_to_dict(base), group=out.name),
+                             out, cpus_per_trial=per_trial, resume=args.resume, overwrite=args.overwrite,
+                             verbose=1 if args.verbose else 0)
+    except KeyboardInterrupt:
+        print(_interrupted("the sweep", [], argv), file=sys.stderr)
+        return EXIT_INTERRUPTED
     failed = [r for r in rows if r["status"] == "failed"]
-    print(f"\n{len(rows)} trials: {len(rows) - len(failed)} ok, {len(failed)} failed; wrote {out}/sweep.json")
+    print(f"\n{len(rows)} trials: {len(rows) - len(failed)} ok, {len(failed)} failed; wrote {out.uri}/sweep.json")
     for r in failed:
         print(f"  FAILED {r['run_dir']}: {r['error']}")
+    if failed:
+        raise RunFailed(f"{len(failed)} of {len(rows)} trials failed; first: {failed[0]['error']}")
+    return EXIT_OK
 
 
 def _set_sweep_keys(sweep: dict, overrides: list[str]) -> dict:
@@ -180,8 +323,12 @@ def _load(args) -> tuple:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s" if verbose else "gblend: %(levelname)s: %(message)s",
+                        datefmt="%H:%M:%S")
     try:
         if args.command == "make-synthetic":
             from ..data.synthetic import generate_preset
@@ -201,37 +348,23 @@ def main(argv: list[str] | None = None) -> int:
             index = extract_flow(args.manifest, args.out_dir, resize=args.resize, bound=args.bound,
                                  workers=args.workers, on_bad_sample=args.on_bad_sample)
             print(f"wrote optical flow to {args.out_dir} ({index}); set data.media.flow_dir: {args.out_dir}")
-        elif args.command == "run":
-            spec, dataset = _load(args)
-            result = _run(spec, Path(args.out), dataset, args.inline)
-            print(f"{result['method']}: test {describe(result['test'])}; wrote {args.out}/results.json and trajectory.json")
-            if result.get("skipped"):
-                print(f"left out {len(result['skipped'])} bad file(s), listed under 'skipped' in results.json")
-        elif args.command == "sweep":
-            _sweep(args)
         elif args.command == "report":
             from .report import write_report
 
             written = write_report(args.dir)
             print(f"wrote {written['md']}, {written['csv']} and {len(written['plots'])} plot(s)")
-        elif args.command == "compare":
-            from .compare import compare, format_table
-
-            spec, dataset = _load(args)
-            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-            for m in methods:
-                check_against_dataset(dataclasses.replace(spec, method=m), list(dataset.modalities))
-            began = time.perf_counter()
-            summary = compare(spec, methods, list(range(args.seeds)), args.out,
-                              lambda s, out: _run(s, out, dataset, args.inline))
-            print()
-            print(format_table(summary))
-            print(f"\n{len(methods)} methods x {args.seeds} seeds in {time.perf_counter() - began:.0f} s; "
-                  f"wrote {args.out}/summary.json")
-    except (ConfigError, DatasetError, ValueError) as err:  # bad input (a ResourceError too): a message, not a traceback
+        else:
+            return {"run": _cmd_run, "compare": _cmd_compare, "sweep": _cmd_sweep}[args.command](args, argv)
+    except KeyboardInterrupt:
+        print("gblend: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RunFailed as err:
         print(f"gblend: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_FAILED
+    except (ValueError, OSError) as err:  # bad input: config, data, run directory, resources, paths
+        print(f"gblend: error: {_cause(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,18 +1,21 @@
-"""A prepared run: its spec, its run directory and its tracker, from a config and
-overrides. ``gblend run``, ``gblend compare`` and every sweep trial start runs this way,
-so each run directory holds the same files (``config.yaml``, the local metric mirror,
-W&B's files) whichever command made it.
+"""A prepared run: its spec, its claimed run directory and its observers, from a config
+and overrides. ``gblend run``, ``gblend compare`` and every sweep trial start runs this
+way, so each run directory holds the same files (``run.json``, ``config.yaml``, the
+local metric mirror, W&B's files) whichever command made it, and is refused, resumed or
+reused by the same rules.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.spec import RunSpec
+from ..storage.rundir import CONFIG, ERROR, RESULTS, TRAJECTORY, Claim, RunDir
 from ..training.assembly import RunObserver
-from .config import apply_overrides, dump_config, spec_from_dict, spec_to_dict
+from .config import apply_overrides, config_yaml, spec_from_dict, spec_to_dict
 
 
 def run_name(spec: RunSpec) -> str:
@@ -25,6 +28,10 @@ class Observers:
 
     def __init__(self, *observers: RunObserver):
         self.observers = observers
+
+    def on_resume(self, epoch: int, history: list[dict], rounds: list[dict]) -> None:
+        for o in self.observers:
+            o.on_resume(epoch, history, rounds)
 
     def on_epoch(self, record: dict) -> None:
         for o in self.observers:
@@ -39,28 +46,58 @@ class Observers:
             o.on_end(results)
 
 
-def prepare(spec: RunSpec, run_dir: str | Path, progress: bool = True) -> tuple[RunSpec, RunObserver]:
-    """Write ``config.yaml`` into ``run_dir`` and make the run's observers: its tracker
-    (local mirror, W&B) and, unless ``progress`` is off, its progress lines."""
+@dataclass
+class PreparedRun:
+    """A run directory claimed for a spec: ``claim`` says whether the run starts, resumes
+    or is already finished (then there is no observer and ``results`` reads it back)."""
+
+    spec: RunSpec
+    run: RunDir
+    claim: Claim
+    observer: RunObserver | None
+
+    @property
+    def resume(self) -> bool:
+        return self.claim == "resume"
+
+    def results(self) -> dict:
+        return {**self.run.read_json(RESULTS), "trajectory": self.run.read_json(TRAJECTORY, [])}
+
+
+def open_run(spec: RunSpec, where: str | Path | RunDir, *, resume: bool = False, overwrite: bool = False,
+             progress: bool = True) -> PreparedRun:
+    """Claim ``where`` for ``spec`` (``RunDir.claim``: raises ``RunDirError`` when the
+    directory holds another run, or this one unfinished without ``resume``), record the
+    run's identity and ``config.yaml``, and make its observers: its tracker (the mirror,
+    W&B) and, unless ``progress`` is off, its progress lines."""
     from .progress import ProgressPrinter
     from .tracking import RunTracker
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(spec, run_dir / "config.yaml")
-    observers: list[RunObserver] = [RunTracker(run_dir, spec.tracking, run_name(spec), spec_to_dict(spec))]
+    run = where if isinstance(where, RunDir) else RunDir(where)
+    config = spec_to_dict(spec)
+    claim = run.claim(config, resume=resume, overwrite=overwrite)
+    if claim == "finished":
+        return PreparedRun(spec, run, claim, None)
+    if claim == "start":
+        run.start(config)
+        (run / CONFIG).write_text(config_yaml(spec))
+    else:
+        run.mark("running")
+    (run / ERROR).remove()  # an earlier attempt's failure
+    observers: list[RunObserver] = [RunTracker(run, spec.tracking, run_name(spec), config)]
     if progress:
         observers.append(ProgressPrinter(run_name(spec), spec.train.epochs))
-    return spec, Observers(*observers)
+    return PreparedRun(spec, run, claim, Observers(*observers))
 
 
-def prepare_trial(overrides: dict, run_dir: Path, base: dict, group: str) -> tuple[RunSpec, RunObserver | None]:
+def prepare_trial(overrides: dict, run_dir: str, resume: bool, *, base: dict, group: str) -> PreparedRun:
     """A sweep trial: the space's base config with the trial's dotted overrides; its runs
-    are grouped under the sweep's name in W&B."""
+    are grouped under the sweep's name in W&B. ``resume`` (a resumed sweep) continues an
+    unfinished trial's run."""
     raw = apply_overrides(copy.deepcopy(base), [f"{k}={_yaml_value(v)}" for k, v in overrides.items()])
     spec = spec_from_dict(raw)
     spec = dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, group=group))
-    return prepare(spec, run_dir, progress=False)  # Tune's progress table speaks for a sweep
+    return open_run(spec, run_dir, resume=resume, progress=False)  # the sweep's own lines speak for it
 
 
 def _yaml_value(value) -> str:

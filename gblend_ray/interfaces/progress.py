@@ -1,7 +1,7 @@
 """What a person watching a run sees: one line per epoch and per G-Blend round.
 
-On Ray the lines are printed by rank 0 and reach the driver's terminal through Ray's
-worker-log forwarding, prefixed with the worker's name.
+It runs on the driver (on Ray, the coordinator relays rank 0's epochs and the rounds to
+it), so its lines reach the terminal while Ray's own output goes to the run's log.
 """
 
 from __future__ import annotations
@@ -12,11 +12,8 @@ from ..core.metrics import describe
 
 
 def _say(line: str) -> None:
-    # Straight to the process's stdout: Ray Train patches print() on its workers to also
-    # log, which would show every line twice on the driver.
-    stream = sys.__stdout__ or sys.stdout
-    stream.write(line + "\n")
-    stream.flush()
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _weights(weights: dict[str, float]) -> str:
@@ -27,8 +24,19 @@ class ProgressPrinter:
     def __init__(self, name: str, epochs: int):
         self.name, self.epochs = name, epochs
         self._rounds = 0
+        self._seen_epoch = 0
+        self._seen_rounds: set[int] = set()
+
+    def on_resume(self, epoch: int, history: list[dict], rounds: list[dict]) -> None:
+        self._seen_epoch = max([epoch, *(r.get("epoch", 0) for r in history)])
+        self._seen_rounds = {r["epoch"] for r in rounds}
+        self._rounds = len(rounds)
+        _say(f"[{self.name}] resumed from the checkpoint at epoch {epoch} ({len(rounds)} round(s) recorded)")
 
     def on_round(self, record: dict) -> None:
+        if record["epoch"] in self._seen_rounds:
+            return
+        self._seen_rounds.add(record["epoch"])
         self._rounds += 1
         notes = []
         if record.get("fallback"):
@@ -39,6 +47,9 @@ class ProgressPrinter:
              f"{_weights(record['weights'])}" + (f" ({'; '.join(notes)})" if notes else ""))
 
     def on_epoch(self, record: dict) -> None:
+        if record["epoch"] <= self._seen_epoch:
+            return
+        self._seen_epoch = record["epoch"]
         weights = {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith("weights/")}
         val = {k.split("/")[1]: v for k, v in record.items() if k.startswith("val/") and k.endswith(("/top1", "/mAP"))}
         _say(f"[{self.name}] epoch {record['epoch']}/{self.epochs}"

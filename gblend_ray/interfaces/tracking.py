@@ -1,7 +1,9 @@
 """Record a run's progress: a local mirror (always) and Weights & Biases (optionally).
 
-The training code is handed a :class:`RunTracker` as an observer with three methods,
-called on the process that trains (rank 0 only):
+A :class:`RunTracker` is a run's observer, on the process that drives the run (the
+``gblend`` command, or a sweep's trial): the in-process engine calls it directly, the
+Ray engine relays rank 0's epoch records and the coordinator's rounds to it. It has
+three methods:
 
 - ``on_epoch(record)``: one line of ``run_dir/metrics.jsonl``; on W&B, the record's
   numeric values with ``epoch`` as their x axis.
@@ -13,17 +15,19 @@ called on the process that trains (rank 0 only):
   finished. Calling it again does nothing.
 
 W&B steps are not used: every ``log`` call is one history row, and ``define_metric``
-gives epoch metrics ``epoch`` and round metrics ``round/epoch`` as their x axes. Rounds
-and epochs interleave (and a restarted worker logs again from its checkpoint), so
-explicit steps would have W&B drop points. An epoch record's ``weights/<head>`` (the
-weights in effect for that epoch) is logged to W&B as ``epoch_weights/<head>``, so that
-the ``weights/<head>`` series holds exactly one point per estimation round.
+gives epoch metrics ``epoch`` and round metrics ``round/epoch`` as their x axes. An
+epoch record's ``weights/<head>`` (the weights in effect for that epoch) is logged to
+W&B as ``epoch_weights/<head>``, so that the ``weights/<head>`` series holds exactly one
+point per estimation round.
 
-The tracker is pickled before its first call (it is shipped to Ray workers), so files
-are opened per write and the W&B run is created on first use; pickling drops the live
-run. The W&B run id is derived from ``run_dir``, so a restarted worker resumes the same
-run (``resume="allow"``). Everything written passes through :func:`scrub` first: no
-API key, token, password or secret is written anywhere.
+Records arrive again when a run resumes from a checkpoint (its epochs after the
+checkpoint are trained again, its rounds replayed): the tracker keeps the first record
+of each epoch and each round, so the mirror and W&B hold every record once. The W&B run
+id is derived from the run directory, so a resumed run continues the same W&B run; an
+offline one is written again from the mirror (one offline run per run directory, every
+step once), an online one is resumed (``resume="allow"``) and sent only what it lacks.
+Everything written passes through :func:`scrub` first: no API key, token, password or
+secret is written anywhere.
 
 No torch or ray here; ``wandb`` is imported only when a W&B run is started.
 """
@@ -32,17 +36,21 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
+import io
 import logging
 import math
 import netrc
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from ..core.metrics import LABELS
 from ..core.spec import WANDB_MODES, TrackingSpec
+from ..storage.location import Location, resolve
+from ..storage.rundir import METRICS, ROUNDS, ROUNDS_CSV, WANDB, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +153,10 @@ def _number(value: Any) -> float | int | None:
     return None
 
 
-def run_id(run_dir: str | Path) -> str:
-    """The W&B run id of ``run_dir``: stable across restarts of the worker that trains it."""
-    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+def run_id(run_dir: str | Path | Location | RunDir) -> str:
+    """The W&B run id of a run directory: the same for every process and every resume."""
+    uri = run_dir.uri if isinstance(run_dir, (Location, RunDir)) else resolve(run_dir).uri
+    return hashlib.sha1(uri.encode()).hexdigest()[:16]
 
 
 def round_heads(record: dict) -> list[str]:
@@ -174,11 +183,11 @@ def round_values(record: dict) -> dict[str, float]:
 
 
 class RunTracker:
-    """Records one run's progress under ``run_dir`` and, with ``spec.backend == "wandb"``,
-    to a W&B run named ``name`` with config ``scrub(config)``."""
+    """Records one run's progress in its run directory and, with ``spec.backend ==
+    "wandb"``, in a W&B run named ``name`` with config ``scrub(config)``."""
 
-    def __init__(self, run_dir: str | Path, spec: TrackingSpec, name: str, config: dict):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path | RunDir, spec: TrackingSpec, name: str, config: dict):
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self.spec = spec
         self.name = name
         self.config = scrub(config)
@@ -186,36 +195,45 @@ class RunTracker:
         self._defined: set[str] = set()
         self._wandb_failed = False
         self._ended = False
+        self._staging: Path | None = None
+        # what an earlier attempt of this run already recorded (a resume): never twice
+        self._epochs = self.run.read_jsonl(METRICS)
+        self._rounds = self.run.read_jsonl(ROUNDS)
+
+    @property
+    def run_dir(self) -> Path | Location:
+        return self.run.location.local_path or self.run.location
 
     # -- the observer -----------------------------------------------------------------
 
+    def on_resume(self, epoch: int, history: list[dict], rounds: list[dict]) -> None:
+        """Add the checkpoint's epochs and rounds that an interruption kept from the mirror."""
+        for record in rounds:
+            self.on_round(record)
+        for record in history:
+            self.on_epoch(record)
+
     def on_epoch(self, record: dict) -> None:
-        """Append ``record`` to ``metrics.jsonl``; log its numbers to W&B against ``epoch``."""
-        self._append_jsonl("metrics.jsonl", record)
-        data = {}
-        for key, value in record.items():
-            v = _number(value)
-            if v is None:
-                continue
-            if key.startswith("weights/"):
-                key = "epoch_" + key
-            data[key] = v
-        self._log(data, x="epoch")
+        """Add ``record`` to ``metrics.jsonl``; log its numbers to W&B against ``epoch``.
+        An epoch already recorded is left as it was."""
+        if any(r.get("epoch") == record.get("epoch") for r in self._epochs):
+            return
+        self._wandb_run()  # started (a resumed offline run replayed) before this record joins the mirror
+        self._epochs.append(_jsonable(scrub(record)))
+        self.run.write_jsonl(METRICS, self._epochs)
+        self._log(*_epoch_point(record))
 
     def on_round(self, record: dict) -> None:
-        """Append ``record`` to ``rounds.jsonl`` and a row to ``rounds.csv``; log the round's
-        scalars to W&B against ``round/epoch``, one point per round."""
-        self._append_jsonl("rounds.jsonl", record)
-        values = round_values(record)
-        self._append_csv(record, values)
-        data: dict[str, float] = dict(values)
-        data["round/epoch"] = _number(record.get("epoch")) or 0
-        data["round/fallback"] = int(bool(record.get("fallback")))
-        data["round/starved"] = int(bool(record.get("prediction_head_starved")))
-        seconds = _number(record.get("round_seconds"))
-        if seconds is not None:
-            data["round/seconds"] = seconds
-        self._log(data, x="round/epoch")
+        """Add ``record`` to ``rounds.jsonl`` and a row to ``rounds.csv``; log the round's
+        scalars to W&B against ``round/epoch``, one point per round. A round already
+        recorded is left as it was."""
+        if any(r.get("epoch") == record.get("epoch") for r in self._rounds):
+            return
+        self._wandb_run()
+        self._rounds.append(_jsonable(scrub(record)))
+        self.run.write_jsonl(ROUNDS, self._rounds)
+        (self.run / ROUNDS_CSV).write_text(rounds_csv(self._rounds))
+        self._log(*_round_point(record))
 
     def on_end(self, results: dict) -> None:
         """Write the test metrics to the W&B summary and finish the W&B run. Idempotent."""
@@ -235,6 +253,8 @@ class RunTracker:
                 if key in results:
                     run.summary[key] = _jsonable(scrub(results[key]))
             run.finish()
+            if self._staging is not None:  # W&B writes to a local disk only: copy its files over
+                (self.run / WANDB).mkdir().upload_from(self._staging / WANDB)
         except Exception as exc:  # tracking must never take the training run down
             self._wandb_error("finishing", exc)
         self._run = None
@@ -250,34 +270,19 @@ class RunTracker:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
 
-    # -- the local mirror -------------------------------------------------------------
-
-    def _append_jsonl(self, filename: str, record: dict) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(_jsonable(scrub(record)), allow_nan=False)
-        with open(self.run_dir / filename, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-
-    def _append_csv(self, record: dict, values: dict[str, float]) -> None:
-        path = self.run_dir / "rounds.csv"
-        fields = None
-        if path.exists() and path.stat().st_size > 0:
-            with open(path, newline="", encoding="utf-8") as f:
-                fields = next(csv.reader(f), None)
-        new = not fields
-        if new:
-            fields = ["epoch"] + [f"{field}/{h}" for h in round_heads(record) for field in ROUND_FIELDS]
-        row = {"epoch": record.get("epoch"), **values}
-        with open(path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
     # -- W&B --------------------------------------------------------------------------
 
+    def _wandb_dir(self) -> Path:
+        local = self.run.location.local_path
+        if local is not None:
+            return local
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="gblend-wandb-"))
+        return self._staging
+
     def _wandb_run(self):
-        """The live W&B run, started on first use; None without W&B."""
+        """The live W&B run, started on first use; None without W&B. A resumed offline run
+        starts its offline files over and logs the mirror's records into them first."""
         if self.spec.backend != "wandb" or self._wandb_failed:
             return None
         if self._run is not None:
@@ -285,15 +290,22 @@ class RunTracker:
         try:
             import wandb
 
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            mode = wandb_mode(self.spec.mode)
+            root = self._wandb_dir()
+            ident = run_id(self.run)
+            replay = mode == "offline"
+            if replay:  # an earlier attempt's offline files: written again below, whole
+                for old in (root / WANDB).glob(f"offline-run-*-{ident}"):
+                    shutil.rmtree(old, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
             self._run = wandb.init(
                 project=self.spec.project,
                 group=self.spec.group,
                 name=self.name,
                 config=self.config,
-                dir=str(self.run_dir),
-                mode=wandb_mode(self.spec.mode),
-                id=run_id(self.run_dir),
+                dir=str(root),
+                mode=mode,
+                id=ident,
                 resume="allow",
                 reinit="create_new",
                 settings=wandb.Settings(silent=True, show_info=False, show_warnings=False,
@@ -303,23 +315,25 @@ class RunTracker:
             self._run.define_metric("epoch")
             self._run.define_metric("round/epoch")
             self._defined = {"epoch", "round/epoch"}
+            if replay:
+                for data, x in _replay(self._epochs, self._rounds):
+                    self._send(data, x)
         except Exception as exc:
             self._wandb_error("starting", exc)
             self._run = None
         return self._run
 
     def _log(self, data: dict, x: str) -> None:
-        if self._ended:
-            return
-        run = self._wandb_run()
-        if run is None:
-            return
+        if not self._ended and self._wandb_run() is not None:
+            self._send(data, x)
+
+    def _send(self, data: dict, x: str) -> None:
         try:
             for key in data:
                 if key not in self._defined:
-                    run.define_metric(key, step_metric=x)
+                    self._run.define_metric(key, step_metric=x)
                     self._defined.add(key)
-            run.log(data)
+            self._run.log(data)
         except Exception as exc:
             self._wandb_error("logging", exc)
 
@@ -327,4 +341,51 @@ class RunTracker:
         """A W&B failure turns W&B off for this run; the local mirror goes on."""
         self._wandb_failed = True
         log.warning("W&B failed %s run %r (%s: %s); W&B logging is off for this run, "
-                    "the local mirror in %s goes on", doing, self.name, type(exc).__name__, exc, self.run_dir)
+                    "the local mirror in %s goes on", doing, self.name, type(exc).__name__, exc, self.run)
+
+
+def _epoch_point(record: dict) -> tuple[dict, str]:
+    """An epoch record as W&B numbers against ``epoch``."""
+    data = {}
+    for key, value in record.items():
+        v = _number(value)
+        if v is None:
+            continue
+        data["epoch_" + key if key.startswith("weights/") else key] = v
+    return data, "epoch"
+
+
+def _round_point(record: dict) -> tuple[dict, str]:
+    """A round record as W&B numbers against ``round/epoch``."""
+    data: dict[str, float] = dict(round_values(record))
+    data["round/epoch"] = _number(record.get("epoch")) or 0
+    data["round/fallback"] = int(bool(record.get("fallback")))
+    data["round/starved"] = int(bool(record.get("prediction_head_starved")))
+    seconds = _number(record.get("round_seconds"))
+    if seconds is not None:
+        data["round/seconds"] = seconds
+    return data, "round/epoch"
+
+
+def _replay(epochs: list[dict], rounds: list[dict]) -> list[tuple[dict, str]]:
+    """The recorded epochs and rounds in the order a run logs them: the round at epoch e
+    before the record of epoch e + 1."""
+    points = [((r.get("epoch") or 0, 0), _round_point(r)) for r in rounds]
+    points += [((e.get("epoch") or 0, 1), _epoch_point(e)) for e in epochs]
+    # the round at epoch e precedes the training of epoch e + 1, whose record says e + 1:
+    # order by (e, 0) for rounds, (epoch - 1, 1) for epochs
+    return [point for _, point in sorted(points, key=lambda p: (p[0][0] - p[0][1], p[0][1]))]
+
+
+def rounds_csv(rounds: list[dict]) -> str:
+    """``rounds.csv``: ``epoch`` then ``weights/<head>``, ``G/<head>``, ``dO/<head>`` and
+    ``ogr/<head>`` per head (the first round's heads), one row per round."""
+    if not rounds:
+        return ""
+    fields = ["epoch"] + [f"{field}/{h}" for h in round_heads(rounds[0]) for field in ROUND_FIELDS]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, restval="", extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for record in rounds:
+        writer.writerow({"epoch": record.get("epoch"), **round_values(record)})
+    return out.getvalue()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from ..core.rounds import decide_round
 from ..core.spec import RunSpec
 from ..data.loading import AnyDataset, RunData, prepare_data, select_modalities
 from ..data.sources import BatchSource
+from ..storage.rundir import RESULTS, TRAJECTORY, RunDir
 from .engine import evaluate, make_optimizer, metrics_of, per_class_top1, predict, train_epochs
 from .model import MultiHeadNet, build_model, load_encoder_weights
 from .probe import ProbeResult, probe_seed, run_probe
@@ -33,9 +33,14 @@ from .stopping import EarlyStopping
 
 
 class RunObserver(Protocol):
-    """What a run tells the outside (tracking, progress): called on the process that
-    trains (rank 0 on Ray). Implemented in the interfaces layer (``tracking.RunTracker``)."""
+    """What a run tells the outside (tracking, progress), on the process that drives the
+    run. Implemented in the interfaces layer (``tracking.RunTracker``, ``progress``).
 
+    ``on_resume`` comes first when a run resumes from the checkpoint at ``epoch``, with
+    the epochs and rounds recorded up to there (an observer adds what it missed); after
+    it, records of epochs and rounds it has seen may come again."""
+
+    def on_resume(self, epoch: int, history: list[dict], rounds: list[dict]) -> None: ...
     def on_epoch(self, record: dict) -> None: ...
     def on_round(self, record: dict) -> None: ...
     def on_end(self, results: dict) -> None: ...
@@ -264,8 +269,8 @@ def final_results(a: Assembly, trajectory: list[dict], history: list[dict], seco
     }
 
 
-def write_run(out_dir: str | Path, results: dict, trajectory: list[dict]) -> None:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False))
-    (out / "trajectory.json").write_text(json.dumps(trajectory, indent=2, allow_nan=False))
+def write_run(run: RunDir, results: dict, trajectory: list[dict]) -> None:
+    """A finished run's ``trajectory.json`` and ``results.json``, then its status."""
+    run.write_json(TRAJECTORY, trajectory)
+    run.write_json(RESULTS, results)
+    run.mark("finished")

@@ -18,10 +18,10 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from .encoders import INTERMEDIATE_API, build_encoder
-from .fusion import build_fusion, fusion_uses_intermediate
 from ..core.plan import FUSED
 from ..core.spec import ModelSpec
+from .encoders import INTERMEDIATE_API, build_encoder
+from .fusion import build_fusion, fusion_uses_intermediate
 
 DETACHED = "/detached"
 """Suffix of a head's logits computed on features cut from the encoders' graph."""

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.blend import Measurement
+from ..core.spec import OptimSpec
 from ..data.sources import BatchSource
 from .engine import evaluate, make_optimizer, train_epochs
 from .model import MultiHeadNet
-from ..core.spec import OptimSpec
 
 _METRIC_KEYS = {"loss": "loss", "accuracy": "top1"}
 

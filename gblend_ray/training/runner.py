@@ -4,6 +4,11 @@ It sets the run up with ``assembly.assemble``, walks the method's plan with
 ``assembly.train_plan``, and runs each G-Blend round's probes one after another in this
 process. It is the reference the Ray engine is tested against (same seed and config →
 same weights) and the ``--inline`` mode.
+
+With a run directory it checkpoints at every G-Blend boundary (``checkpoints/``, the
+last two kept) and writes ``trajectory.json`` after every round, as the Ray engine
+does, so an interrupted run resumes (``resume=True``) from its last boundary with the
+rounds it recorded and ends with the files an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -13,40 +18,93 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from ..core.plan import Segment, fixed_weights
 from ..core.spec import RunSpec
 from ..data.loading import AnyDataset
+from ..storage.rundir import CHECKPOINTS, PRETRAINED, TRAJECTORY, RunDir
 from .assembly import RunObserver, assemble, decide, epoch_metrics, final_results, run_probes, train_plan, write_run
+from .checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger("gblend_ray.runner")
 
+KEEP_CHECKPOINTS = 2
 
-def run_inline(spec: RunSpec, out_dir: str | Path | None = None, dataset: AnyDataset | None = None,
-               observer: RunObserver | None = None) -> dict:
-    """Run one experiment in this process; write ``results.json`` and ``trajectory.json``
-    to ``out_dir`` when given. Returns the results (with the trajectory under its key)."""
+
+def _checkpoint_dir(run: RunDir, epoch: int) -> Path:
+    local = run.location.local_path
+    if local is None:
+        raise ValueError(f"{run.uri}: the in-process engine keeps its checkpoints on a local disk; "
+                         "give a local --out, or run on Ray (without --inline)")
+    return local / CHECKPOINTS / f"epoch_{epoch:04d}"
+
+
+def run_inline(spec: RunSpec, out_dir: str | Path | RunDir | None = None, dataset: AnyDataset | None = None,
+               observer: RunObserver | None = None, *, resume: bool = False) -> dict:
+    """Run one experiment in this process; with ``out_dir``, checkpoint at its boundaries
+    and write ``results.json`` and ``trajectory.json`` there (``resume``: go on from the
+    last checkpoint in it). Returns the results (with the trajectory under its key)."""
     began = time.perf_counter()
+    run = None if out_dir is None else out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
     a = assemble(spec, dataset, spec.train.device)
     trajectory: list[dict] = []
+    history: list[dict] = []
+    start = 0
+    if run is not None and resume:
+        epochs = [e for e in run.checkpoint_epochs(STATE_FILE) if (_checkpoint_dir(run, e) / STATE_FILE).is_file()]
+        if epochs:
+            state = load_checkpoint(_checkpoint_dir(run, epochs[-1]))
+            a.model.load_state_dict(state.model)
+            a.optimizer.load_state_dict(state.optimizer)
+            torch.set_rng_state(state.rng)
+            history, start = state.history, state.epoch
+        trajectory = [r for r in run.read_json(TRAJECTORY, []) if r["epoch"] <= start]
+        logger.info("resuming %s from epoch %d with %d recorded round(s)", run, start, len(trajectory))
+        if observer is not None:
+            observer.on_resume(start, history, trajectory)
 
     def weights_for(segment: Segment) -> dict[str, float]:
         if not segment.estimates:
             return fixed_weights(a.method, a.model.modalities, segment.phase)
-        previous = trajectory[-1]["weights"] if trajectory else None
-        weights, record = decide(spec, a.method, segment, run_probes(spec, a.model, a.data, segment), previous)
-        trajectory.append(record)
+        record = next((r for r in trajectory if r["epoch"] == segment.start), None)
+        if record is None:
+            if run is not None:
+                _checkpoint(run, a, segment.start, history)
+            previous = trajectory[-1]["weights"] if trajectory else None
+            # Probes draw no random number from the run's stream: the run continues the same
+            # whether its rounds ran here or were replayed from the record on a resume.
+            with torch.random.fork_rng():
+                results = run_probes(spec, a.model, a.data, segment)
+            _, record = decide(spec, a.method, segment, results, previous)
+            trajectory.append(record)
+            if run is not None:
+                run.write_json(TRAJECTORY, trajectory)
+            logger.info("epoch %d: weights %s", segment.start, {h: round(w, 3) for h, w in record["weights"].items()})
         if observer is not None:
             observer.on_round(record)
-        logger.info("epoch %d: weights %s", segment.start, {h: round(w, 3) for h, w in weights.items()})
-        return weights
+        return record["weights"]
+
+    def on_epoch(record: dict) -> None:
+        history.append(record)
+        if observer is not None:
+            observer.on_epoch(record)
 
     with tempfile.TemporaryDirectory(prefix="gblend-pretrained-") as scratch:
-        history = train_plan(a, a.model, weights_for, monitor=lambda: epoch_metrics(a.model, a.data),
-                             on_epoch=observer.on_epoch if observer is not None else None,
-                             pretrained_dir=Path(out_dir) / "pretrained" if out_dir is not None else Path(scratch))
+        local = run.location.local_path if run is not None else None
+        train_plan(a, a.model, weights_for, segments=[s for s in a.segments if s.start >= start],
+                   monitor=lambda: epoch_metrics(a.model, a.data), on_epoch=on_epoch,
+                   pretrained_dir=local / PRETRAINED if local is not None else Path(scratch))
     results = final_results(a, trajectory, history, time.perf_counter() - began)
+    if run is not None:
+        write_run(run, results, trajectory)
     if observer is not None:
         observer.on_end(results)
-    if out_dir is not None:
-        write_run(out_dir, results, trajectory)
     return {**results, "trajectory": trajectory}
+
+
+def _checkpoint(run: RunDir, a, epoch: int, history: list[dict]) -> None:
+    """The boundary's checkpoint; the older ones but the last ``KEEP_CHECKPOINTS`` go."""
+    save_checkpoint(_checkpoint_dir(run, epoch), a.model, a.optimizer, epoch, None, history)
+    for old in run.checkpoint_epochs()[:-KEEP_CHECKPOINTS]:
+        (run / CHECKPOINTS / f"epoch_{old:04d}").remove()

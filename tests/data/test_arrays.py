@@ -1,4 +1,4 @@
-"""Tests for gblend_ray.data: the on-disk format, its validation errors, and make_splits."""
+"""The on-disk array dataset format and its validation errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from gblend_ray.data.arrays import Dataset, DatasetError, load_dataset, save_dataset
-from gblend_ray.data.splits import Splits, make_splits
 
 CLASSES = ["c0", "c1", "c2"]
 
@@ -216,117 +215,3 @@ def test_error_is_value_error() -> None:
 
 
 # ---------------------------------------------------------------- splits
-
-def _dataset(n: int = 600, probs=(0.5, 0.3, 0.2), split=None, seed: int = 0) -> Dataset:
-    rng = np.random.default_rng(seed)
-    labels = rng.choice(len(probs), size=n, p=probs).astype(np.int64)
-    return Dataset(None, "mem", "multiclass", [f"c{i}" for i in range(len(probs))],
-                   {"x": rng.normal(size=(n, 2)).astype(np.float32)}, labels, split)
-
-
-def _check_invariants(s: Splits, n: int) -> None:
-    for name in Splits.FIELDS:
-        a = getattr(s, name)
-        assert a.dtype == np.int64 and np.all(np.diff(a) > 0), name  # sorted, no duplicates
-    assert not set(s.train) & set(s.heldout)
-    assert set(s.train_subset) <= set(s.train)
-    outside = set(s.val) | set(s.test)
-    assert not (set(s.heldout) | set(s.train_subset) | set(s.train)) & outside
-    assert not set(s.val) & set(s.test)
-    assert len(s.train) + len(s.heldout) + len(s.val) + len(s.test) == n
-
-
-def test_generated_splits_invariants_and_sizes() -> None:
-    ds = _dataset()
-    s = make_splits(ds, heldout_fraction=0.1, seed=3)
-    _check_invariants(s, 600)
-    assert s.sizes() == {"train": 420 - 42, "heldout": 42, "train_subset": 42, "val": 60, "test": 120}
-    d = s.to_dict()
-    assert list(d) == list(Splits.FIELDS) and all(type(i) is int for i in d["heldout"])
-    assert Splits.from_dict(d) == s
-
-
-def test_heldout_and_val_test_stratified() -> None:
-    ds = _dataset(n=2000)
-    s = make_splits(ds, heldout_fraction=0.2, seed=1)
-    train_split = np.concatenate([s.train, s.heldout])
-    for part in (s.heldout, s.val, s.test):
-        for c in range(3):
-            want = np.mean(ds.labels[train_split] == c) if part is s.heldout else np.mean(ds.labels == c)
-            assert abs(np.mean(ds.labels[part] == c) - want) < 0.01, (c, len(part))
-
-
-def test_heldout_has_every_class_even_when_rare() -> None:
-    ds = _dataset(n=300, probs=(0.96, 0.02, 0.02))
-    s = make_splits(ds, heldout_fraction=0.05, seed=0)
-    assert set(ds.labels[s.heldout]) == {0, 1, 2}
-    assert set(ds.labels[s.train]) == {0, 1, 2}  # and T still sees every class
-
-
-def test_deterministic_by_seed() -> None:
-    ds = _dataset()
-    a, b = make_splits(ds, seed=7), make_splits(ds, seed=7)
-    assert a == b and a.to_dict() == b.to_dict()
-    c = make_splits(ds, seed=8)
-    assert not np.array_equal(a.heldout, c.heldout)
-
-
-def test_given_split_respected() -> None:
-    n = 200
-    split = np.array(["train", "val", "test", "train"] * (n // 4))
-    ds = _dataset(n=n, split=split)
-    for seed in (0, 1):
-        s = make_splits(ds, heldout_fraction=0.25, seed=seed, val_fraction=0.3, test_fraction=0.3)
-        _check_invariants(s, n)
-        assert np.array_equal(s.val, np.flatnonzero(split == "val"))
-        assert np.array_equal(s.test, np.flatnonzero(split == "test"))
-        assert np.array_equal(np.union1d(s.train, s.heldout), np.flatnonzero(split == "train"))
-        assert len(s.heldout) == round(0.25 * 100)
-
-
-def test_given_split_from_disk(tmp_path: Path) -> None:
-    mods, labels = _arrays()
-    split = np.array(["test"] * 10 + ["train"] * 40 + ["val"] * 10)
-    ds = load_dataset(save_dataset(tmp_path / "d", mods, labels, CLASSES, split=split))
-    s = make_splits(ds, seed=0)
-    assert set(np.concatenate([s.train, s.heldout])) == set(range(10, 50))
-    assert list(s.test) == list(range(10)) and list(s.val) == list(range(50, 60))
-
-
-def test_default_subset_size_equals_heldout_and_caps() -> None:
-    ds = _dataset()
-    s = make_splits(ds, seed=0)
-    assert len(s.train_subset) == len(s.heldout) > 0
-    s = make_splits(ds, subset_size=17, seed=0)
-    assert len(s.train_subset) == 17
-    s = make_splits(ds, subset_size=10**6, seed=0)
-    assert np.array_equal(s.train_subset, s.train)
-
-
-def test_multilabel_splits() -> None:
-    rng = np.random.default_rng(0)
-    labels = (rng.random((300, 4)) > 0.7).astype(np.float32)
-    ds = Dataset(None, "ml", "multilabel", list("abcd"), {"x": np.zeros((300, 1), np.float32)}, labels, None)
-    s = make_splits(ds, seed=0)
-    _check_invariants(s, 300)
-    assert len(s.heldout) == round(0.1 * len(np.union1d(s.train, s.heldout)))
-
-
-@pytest.mark.parametrize("kwargs, arg", [
-    ({"heldout_fraction": 0.0}, "heldout_fraction"),
-    ({"heldout_fraction": 1.0}, "heldout_fraction"),
-    ({"val_fraction": -0.1}, "val_fraction"),
-    ({"test_fraction": 1.5}, "test_fraction"),
-    ({"val_fraction": 0.5, "test_fraction": 0.5}, "val_fraction \\+ test_fraction"),
-    ({"subset_size": 0}, "subset_size"),
-    ({"seed": "x"}, "seed"),
-])
-def test_bad_arguments(kwargs, arg) -> None:
-    with pytest.raises(ValueError, match=arg):
-        make_splits(_dataset(), **kwargs)
-
-
-def test_too_small_train_split() -> None:
-    ds = _dataset(n=4, split=np.array(["train", "val", "test", "test"]))
-    with pytest.raises(ValueError, match="train split has 1 samples"):
-        make_splits(ds)

@@ -43,7 +43,7 @@ def test_round_dispatches_tasks_to_probe_slots(tmp_path):
     t = threading.Thread(target=lambda: answer.update(coord.round(Segment(10, 5, 5), "ck")["weights"]))
     t.start()
     tasks = [coord.next_task(slot, wait_s=5) for slot in range(3)]
-    assert {task.head for task in tasks} == set(HEADS) and all(task.checkpoint_dir == "ck" for task in tasks)
+    assert {task.head for task in tasks} == set(HEADS) and all(task.checkpoint == "ck" for task in tasks)
     for slot, task in enumerate(tasks):
         coord.submit(slot, task, _result(task.head))
     t.join(5)

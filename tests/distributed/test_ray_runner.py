@@ -113,8 +113,8 @@ def test_a_killed_worker_resumes_from_the_boundary(ray_cluster, av_overfit, tmp_
             started = [t for t in trained if t["epoch"] == 4]
             if started:
                 time.sleep(0.3)  # into the super-epoch that starts at epoch 4
-                os.kill(started[0]["pid"], signal.SIGKILL)
-                killed["pid"] = started[0]["pid"]
+                os.kill(started[0]["pids"][0], signal.SIGKILL)
+                killed["pid"] = started[0]["pids"][0]
             time.sleep(0.02)
 
     killer = threading.Thread(target=kill_mid_super_epoch)
@@ -124,9 +124,9 @@ def test_a_killed_worker_resumes_from_the_boundary(ray_cluster, av_overfit, tmp_
     assert killed, "the worker was never seen training the second super-epoch"
     assert [r["epoch"] for r in result["trajectory"]] == [0, 4, 8]  # every boundary exactly once
     trained = json.loads((out / "trained_weights.json").read_text())
-    at_4 = [t for t in trained if t["epoch"] == 4]
-    assert len(at_4) == 2 and at_4[0]["pid"] == killed["pid"] != at_4[1]["pid"]  # restarted, same weights
-    assert at_4[0]["weights"] == at_4[1]["weights"]
+    (at_4,) = [t for t in trained if t["epoch"] == 4]  # one record per rank and segment
+    assert len(at_4["pids"]) == 2 and at_4["pids"][0] == killed["pid"] != at_4["pids"][1]  # restarted
+    assert at_4["weights"] == next(r for r in result["trajectory"] if r["epoch"] == 4)["weights"]
     assert [h["epoch"] for h in result["history"]] == list(range(1, 13))
 
 

@@ -11,8 +11,16 @@ offending field by its dotted path::
 ranges, ``loading`` reads files and applies overrides. No torch and no Ray here.
 """
 
-from .loading import (SWEEP_KEY, apply_overrides, dump_config, load_config, load_config_with_sweep, spec_from_dict,
-                      spec_to_dict)
+from .loading import (
+    SWEEP_KEY,
+    apply_overrides,
+    config_yaml,
+    dump_config,
+    load_config,
+    load_config_with_sweep,
+    spec_from_dict,
+    spec_to_dict,
+)
 from .schema import ConfigError
 from .validation import check_against_dataset, validate
 
@@ -20,6 +28,7 @@ __all__ = [
     "ConfigError",
     "SWEEP_KEY",
     "apply_overrides",
+    "config_yaml",
     "check_against_dataset",
     "dump_config",
     "load_config",

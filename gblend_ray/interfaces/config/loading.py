@@ -21,7 +21,16 @@ from typing import Any
 import yaml
 
 from ...core.spec import RunSpec
-from .schema import ConfigError, build_section, describe_type, field_error, describe_value, type_hints, unknown_key, with_source
+from .schema import (
+    ConfigError,
+    build_section,
+    describe_type,
+    describe_value,
+    field_error,
+    type_hints,
+    unknown_key,
+    with_source,
+)
 from .validation import validate
 
 SWEEP_KEY = "sweep"
@@ -208,9 +217,14 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunSpec:
     return load_config_with_sweep(path, overrides)[0]
 
 
+def config_yaml(spec: RunSpec) -> str:
+    """``spec`` as YAML that ``load_config`` reads back to an equal ``RunSpec``."""
+    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=False)
+
+
 def dump_config(spec: RunSpec, path: str | Path) -> Path:
-    """Write ``spec`` as YAML that ``load_config`` reads back to an equal ``RunSpec``."""
+    """Write ``config_yaml(spec)`` to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=False))
+    path.write_text(config_yaml(spec))
     return path

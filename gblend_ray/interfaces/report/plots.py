@@ -14,7 +14,6 @@ import numpy as np
 from .runs import RunRecord
 
 
-
 def slug(method: str, mods: tuple[str, ...]) -> str:
     # ':' as `gblend compare` writes it (gblend_online); anything else unsafe in a file name → '-'.
     text = method.replace(":", "_") + (f"__{'-'.join(mods)}" if mods else "")

@@ -1,0 +1,187 @@
+"""A run's life on Ray: ``gblend`` processes killed with SIGKILL at three points of a run
+and resumed, compared file by file with an uninterrupted run; a relative ``--out``; no
+Ray process of a run outlives its killed driver; a resumed sweep trial; a failed run's
+last line and its log file."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from lifecycle import assert_same_run, gblend, lines, rounds_of, wandb_epochs
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+EPOCHS = 6
+
+
+def _config(path, data, **extra) -> str:
+    cfg = {"data": {"path": str(data)}, "method": "gblend:online",
+           "model": {"hidden_dim": 32, "feature_dim": 16, "fusion_hidden_dim": 32},
+           "train": {"epochs": EPOCHS, "batch_size": 16, "threads": 1},
+           "blend": {"warmup_epochs": 2, "super_epoch": 2}, "probes": {"resources": {"CPU": 0.5}},
+           "tracking": {"backend": "wandb"}, **extra}
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def on_cluster(ray_cluster):
+    """``gblend`` processes join the session's cluster (a local cluster each would cost
+    seconds of start-up per process)."""
+    return {"RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+
+
+@pytest.fixture(scope="module")
+def reference(av_overfit, on_cluster, tmp_path_factory):
+    """An uninterrupted Ray run, into a relative --out."""
+    root = tmp_path_factory.mktemp("ray-reference")
+    cfg = _config(root / "cfg.yaml", av_overfit)
+    done = gblend(["run", cfg, "--out", "runs/ref"], cwd=root, env=on_cluster)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "runs" / "ref", cfg, done
+
+
+def test_a_relative_out_puts_every_file_in_the_run_directory(reference, ray_cluster):
+    ref, _, done = reference
+    for name in ("run.json", "config.yaml", "results.json", "trajectory.json", "trained_weights.json",
+                 "metrics.jsonl", "rounds.jsonl", "rounds.csv", "ray.log"):
+        assert (ref / name).is_file(), name
+    assert [r["epoch"] for r in lines(ref / "metrics.jsonl")] == list(range(1, EPOCHS + 1))
+    files, epochs = wandb_epochs(ref)
+    assert len(files) == 1 and epochs == list(range(1, EPOCHS + 1))
+    # nothing of the run landed in the Train workers' working directory
+    session = Path(ray_cluster._private.worker._global_node.get_session_dir_path())
+    assert not list(session.rglob("metrics.jsonl"))
+    # the terminal shows the product's lines; Ray's own output is in ray.log
+    assert "epoch 6/6" in done.stdout and "PlacementGroupCleaner" not in done.stdout + done.stderr
+
+
+KILL_POINTS = {
+    "in the warm-up": lambda run: len(lines(run / "metrics.jsonl")) >= 1,
+    "inside a round": lambda run: (run / "ray" / "train" / "epoch_0002").is_dir() and rounds_of(run) == [0],
+    "in the last super-epoch": lambda run: rounds_of(run) == [0, 2, 4] and len(lines(run / "metrics.jsonl")) >= 5,
+}
+
+
+def _trainer_pids(run) -> set[int]:
+    try:
+        return {p for t in json.loads((run / "trained_weights.json").read_text()) for p in t["pids"]}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return set()
+
+
+def test_a_driver_killed_three_times_resumes_to_the_files_of_an_uninterrupted_run(reference, on_cluster, tmp_path):
+    """Killed in the warm-up, resumed; killed inside a round, resumed; killed in the last
+    super-epoch, resumed: the run ends with the uninterrupted run's files."""
+    ref, cfg, _ = reference
+    run = tmp_path / "run"
+    args = ["run", cfg, "--out", str(run)]
+    for n, (point, reached) in enumerate(KILL_POINTS.items()):
+        killed = gblend(args + (["--resume"] if n else []), cwd=tmp_path, env=on_cluster, kill_when=lambda: reached(run))
+        assert killed.returncode == -signal.SIGKILL, f"the run ended before it was killed {point}"
+        # the dead driver's trainer workers stop (Ray ends a dead job's actors), writing nothing more
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in _trainer_pids(run)):
+            time.sleep(0.2)
+        assert not any(psutil.pid_exists(p) for p in _trainer_pids(run)), f"workers outlived the driver {point}"
+    refused = gblend(args, cwd=tmp_path, env=on_cluster)
+    assert refused.returncode == 2 and "--resume continues it" in refused.stderr.strip().splitlines()[-1]
+    resumed = gblend(args + ["--resume"], cwd=tmp_path, env=on_cluster)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run, ref, extra=("trained_weights.json",))
+    files, epochs = wandb_epochs(run)
+    assert len(files) == 1 and epochs == list(range(1, EPOCHS + 1))
+
+
+def test_no_ray_process_outlives_a_killed_driver(av_overfit, tmp_path):
+    """Without RAY_ADDRESS the command starts its own local cluster: killing the command
+    alone (not its process group) must end every process that cluster started."""
+    cfg = _config(tmp_path / "cfg.yaml", av_overfit, train={"epochs": 40, "batch_size": 16, "threads": 1})
+    run = tmp_path / "run"
+    seen: dict[int, psutil.Process] = {}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+    def training() -> bool:
+        if not lines(run / "metrics.jsonl"):
+            return False
+        driver = psutil.Process(driver_pid[0])
+        for child in driver.children(recursive=True):
+            seen[child.pid] = child
+        return True
+
+    driver_pid = []
+    proc = subprocess.Popen([sys.executable, "-m", "gblend_ray.cli", "run", cfg, "--out", str(run)], cwd=tmp_path,
+                            env={**env, "WANDB_MODE": "offline", "RAY_AUTH_MODE": "disabled"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    driver_pid.append(proc.pid)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not training():
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it was killed"
+    names = {p.pid: " ".join(p.cmdline()[:2]) for p in seen.values() if p.is_running()}
+    assert any("raylet" in n or "gcs_server" in n for n in names.values()), names  # a local cluster of its own
+    os.kill(proc.pid, signal.SIGKILL)  # the driver alone: its cluster's processes are left to the reaper
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and [p for p in seen.values() if _alive(p)]:
+        time.sleep(0.2)
+    left = {p.pid: names.get(p.pid) for p in seen.values() if _alive(p)}
+    assert left == {}, f"left running after the driver died: {left}"
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_failed_ray_run_ends_on_its_cause_with_the_logs_in_the_run_directory(av_overfit, on_cluster, tmp_path):
+    cfg = _config(tmp_path / "cfg.yaml", av_overfit, method="naive")
+    done = gblend(["run", cfg, "--out", "run", "--set", "optim.lr=1e6"], cwd=tmp_path, env=on_cluster)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("gblend: error: training diverged at epoch 1") and "lower optim.lr" in last
+    assert "Traceback" not in done.stdout + done.stderr
+    log = (tmp_path / "run" / "ray.log").read_text()
+    error = (tmp_path / "run" / "error.txt").read_text()
+    assert "diverged" in log and error.startswith("training diverged") and "Traceback" in error
+
+
+def test_a_resumed_sweep_trial_on_ray_has_all_its_rounds(reference, on_cluster, tmp_path):
+    """A sweep whose G-Blend trial (Ray engine) is killed mid-run, then resumed: the trial
+    continues its run and ends with the files of the uninterrupted run of its config."""
+    ref, cfg, _ = reference
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**yaml.safe_load(open(cfg).read()),
+                                     "sweep": {"grid": {"method": ["gblend:online"]}, "max_concurrent_trials": 1}}))
+    out = tmp_path / "sweep"
+
+    def trial():
+        return next(iter(out.glob("trials/method=gblend_online*")), None)
+
+    def mid_run() -> bool:
+        t = trial()
+        return t is not None and rounds_of(t) == [0, 2] and len(lines(t / "metrics.jsonl")) >= 3
+
+    killed = gblend(["sweep", str(space), "--out", str(out)], cwd=tmp_path, env=on_cluster, kill_when=mid_run)
+    assert killed.returncode == -signal.SIGKILL
+    refused = gblend(["sweep", str(space), "--out", str(out)], cwd=tmp_path, env=on_cluster)
+    assert refused.returncode == 2 and "--resume continues it" in refused.stderr.strip().splitlines()[-1]
+    resumed = gblend(["sweep", str(space), "--out", str(out), "--resume"], cwd=tmp_path, env=on_cluster)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (row,) = json.loads((out / "sweep.json").read_text())
+    assert row["status"] == "ok"
+    assert rounds_of(trial()) == [0, 2, 4]
+    # the reference is the same config; the trial's runs are grouped under the sweep in W&B
+    assert_same_run(trial(), ref, extra=("trained_weights.json",), ignore=("config.tracking.group",))
+    from gblend_ray.cli import main
+
+    assert main(["report", str(out)]) == 0 and "gblend:online" in (out / "report.md").read_text()
