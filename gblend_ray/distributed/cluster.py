@@ -103,19 +103,24 @@ def ray_output(log: Location | None) -> Iterator[None]:
         dispatcher.add_handler("gblend_run_log", functools.partial(_write_worker_lines, sink))
     try:
         yield
-    finally:
-        if dispatcher is not None:
-            dispatcher.remove_handler("gblend_run_log")
-            with dispatcher._lock:
-                dispatcher.handlers.extend(printers)
-        for logger, olds in swapped:
-            logger.removeHandler(handler)
-            for h in olds:
-                logger.addHandler(h)
-        sink.close()
+    except BaseException:
+        # The command ends on its error line: what the workers still print as the run is
+        # torn down goes to the log too, never after that line on the terminal.
         if local is None:
             log.write_bytes(staged.read_bytes())
-            staged.unlink(missing_ok=True)
+        raise
+    if dispatcher is not None:
+        dispatcher.remove_handler("gblend_run_log")
+        with dispatcher._lock:
+            dispatcher.handlers.extend(printers)
+    for logger, olds in swapped:
+        logger.removeHandler(handler)
+        for h in olds:
+            logger.addHandler(h)
+    sink.close()
+    if local is None:
+        log.write_bytes(staged.read_bytes())
+        staged.unlink(missing_ok=True)
 
 
 def _worker_log_dispatcher():

@@ -86,6 +86,28 @@ class EventRelay:
             self._deliver(0.0)
 
 
+def _fit(trainer):
+    """``trainer.fit()`` in a thread of its own. On the main thread Ray Train installs a
+    SIGINT handler that aborts the run and exits the process with an arbitrary status;
+    here Ctrl-C stays a ``KeyboardInterrupt`` in the main thread, which the command turns
+    into its interrupted line and exit code 130 (the cluster then ends the run's actors)."""
+    box: dict = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread as it is
+            box["error"] = err
+
+    thread = threading.Thread(target=fit, name="gblend-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def run_on_ray(spec: RunSpec, out_dir: str | RunDir, dataset: AnyDataset | None = None,
                observer: RunObserver | None = None, *, resume: bool = False) -> dict:
     """Train one run on the Ray cluster; write and return its results (with trajectory).
@@ -105,6 +127,9 @@ def run_on_ray(spec: RunSpec, out_dir: str | RunDir, dataset: AnyDataset | None 
         logger.warning("room for %d of %d probe trials beside the trainer; a round's probes share them",
                        trials, wanted)
 
+    # The checkpoint a resume starts from, read here first (as data: weights_only), so that
+    # a bad one fails the run before any worker starts.
+    state = latest_state(run) if resume else None
     # Loaded and checked once, here: every worker and probe trial reads this copy instead
     # of loading the arrays again or re-checking every media file of the manifest.
     dataset_ref = ray.put(dataset)
@@ -113,17 +138,15 @@ def run_on_ray(spec: RunSpec, out_dir: str | RunDir, dataset: AnyDataset | None 
     coord = ray.remote(Coordinator).options(
         name=name, namespace=namespace, get_if_exists=True, num_cpus=0, max_concurrency=4 * len(heads) + 16,
     ).remote(spec, method, heads, run, resume)
-    if resume and observer is not None:
-        state = latest_state(run)
-        if state is not None:  # what the tracker may have missed before the interruption
-            observer.on_resume(state.epoch, state.history, [r for r in ray.get(coord.trajectory.remote())
-                                                            if r["epoch"] <= state.epoch])
+    if state is not None and observer is not None:  # what the tracker missed before the interruption
+        observer.on_resume(state.epoch, state.history, [r for r in ray.get(coord.trajectory.remote())
+                                                        if r["epoch"] <= state.epoch])
     if trials:
         ray.get(coord.start_probes.remote(
             functools.partial(run_trials, spec, name, namespace, trials, run / RAY, dataset_ref)))
     relay = EventRelay(coord, observer)
     try:
-        result = build_trainer(spec, run, name, namespace, dataset_ref).fit()
+        result = _fit(build_trainer(spec, run, name, namespace, dataset_ref))
     except BaseException:
         relay.close(drain=False)
         ray.kill(coord)  # its probe trials end with it

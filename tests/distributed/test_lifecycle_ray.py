@@ -185,3 +185,21 @@ def test_a_resumed_sweep_trial_on_ray_has_all_its_rounds(reference, on_cluster, 
     from gblend_ray.cli import main
 
     assert main(["report", str(out)]) == 0 and "gblend:online" in (out / "report.md").read_text()
+
+
+def test_ctrl_c_on_ray_exits_130_saying_where_the_run_stopped(av_overfit, on_cluster, tmp_path):
+    cfg = _config(tmp_path / "cfg.yaml", av_overfit, train={"epochs": 30, "batch_size": 16, "threads": 1})
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gblend_ray.cli", "run", cfg, "--out", str(run)], cwd=tmp_path,
+                            env={**os.environ, **on_cluster, "WANDB_MODE": "offline", "RAY_AUTH_MODE": "disabled"},
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (run / "ray" / "train" / "epoch_0002" / "state.pt").is_file():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    began = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and time.monotonic() - began < 30
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("gblend: interrupted") and "last checkpoint at epoch 2" in last
+    assert last.endswith(f"--out {run} --resume")

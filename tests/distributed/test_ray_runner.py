@@ -177,3 +177,27 @@ def test_a_media_run_on_ray_decodes_clips_in_the_workers(ray_cluster, tmp_path):
     assert [r["epoch"] for r in results["trajectory"]] == [0, 1]
     assert set(results["trajectory"][0]["weights"]) == {"video", "audio", "fused"}
     assert {"video_top1", "video_top5"} <= set(results["test"])
+
+
+def test_a_planted_checkpoint_is_refused_before_a_resumed_run_starts(ray_cluster, av_overfit, tmp_path):
+    from gblend_ray.interfaces.config import spec_to_dict
+    from gblend_ray.storage.rundir import RunDir
+    from gblend_ray.training.checkpoint import CheckpointError
+
+    spec = _spec(av_overfit)
+    run = RunDir(tmp_path / "run")
+    run.start(spec_to_dict(spec))
+    marker = tmp_path / "code-ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    planted = tmp_path / "run" / "ray" / "train" / "epoch_0004"
+    planted.mkdir(parents=True)
+    import torch
+
+    torch.save({"model": Planted(), "meta": "{}"}, planted / "state.pt")
+    with pytest.raises(CheckpointError, match=r"epoch_0004/state\.pt.*weights_only=True"):
+        run_on_ray(spec, run, resume=True)
+    assert not marker.exists()

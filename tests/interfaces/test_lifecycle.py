@@ -154,3 +154,22 @@ def test_ctrl_c_exits_130_saying_where_the_run_stopped(av_overfit, tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith("gblend: interrupted") and "last checkpoint at epoch 4" in last
     assert last.endswith(f"--out {run} --inline --resume")
+
+
+def test_an_interrupted_compare_resumes_without_training_its_finished_runs_again(av_overfit, tmp_path):
+    cfg = _config(tmp_path, av_overfit)
+    out = tmp_path / "cmp"
+    args = ["compare", cfg, "--methods", "naive,gblend:online", "--seeds", "1", "--out", str(out), "--inline"]
+    killed = gblend(args, cwd=tmp_path, kill_when=lambda: len(lines(out / "gblend_online" / "seed0" / "metrics.jsonl")) >= 2)
+    assert killed.returncode == -signal.SIGKILL
+    naive = out / "naive" / "seed0" / "results.json"
+    finished = naive.stat().st_mtime_ns
+    refused = gblend(args, cwd=tmp_path)
+    assert refused.returncode == 2 and "gblend_online/seed0 holds this run, unfinished" in refused.stderr
+    resumed = gblend(args + ["--resume"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "naive            seed 0: test top-1" in resumed.stdout and "(finished before)" in resumed.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary) == ["naive", "gblend:online"] and all(len(s["runs"]) == 1 for s in summary.values())
+    assert naive.stat().st_mtime_ns == finished  # not trained again
+    assert rounds_of(out / "gblend_online" / "seed0") == [0, 4, 8]
