@@ -190,8 +190,13 @@ class TrainerSpec:
     """DDP workers (``gloo`` on CPU, ``nccl`` with ``use_gpu``)."""
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
-    max_failures: int = 0
-    """Worker-group restarts allowed; each resumes from the last boundary checkpoint."""
+    max_failures: int = 1
+    """Worker-group restarts allowed (a lost node, a preempted worker); each resumes from
+    the last boundary checkpoint. A run that diverges is not restarted."""
+    resource_wait_s: float | None = None
+    """How long a run waits for an autoscaling cluster to add what it needs (asked for
+    with ``ray.autoscaler.sdk.request_resources``) before it fails; default 600 s on a
+    cluster it joined (``RAY_ADDRESS``), 0 on a local cluster it started."""
 
 
 @dataclass
@@ -201,8 +206,10 @@ class ProbesSpec:
     mode: ProbeMode = "tune"
     """``tune``: concurrent Ray Tune trials; ``inline``: one after another inside rank 0
     (a machine with a single GPU)."""
-    resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
-    """Resources of one probe trial."""
+    resources: dict[str, float] = field(default_factory=lambda: {"CPU": 0.25})
+    """Resources of one probe trial. Logical CPUs only place work (a probe trial runs one
+    torch thread unless ``train.threads`` says otherwise), so the default lets a trainer
+    worker and three probe trials fit on two cores."""
     max_concurrent: int | None = None
     """Probe trials running at once (default: one per head, k+1)."""
 

@@ -9,23 +9,20 @@ letting Ray wait forever for resources that cannot come.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import math
 import os
 import subprocess
 import sys
-import tempfile
+import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import ray
 
 from ..core.spec import RunSpec
-from ..storage.location import Location
 from .reaper import MARK_ENV
+
+logger = logging.getLogger("gblend_ray.cluster")
 
 
 class ResourceError(ValueError):
@@ -48,6 +45,20 @@ def _add(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in {**a, **b}}
 
 
+STABLE = "gblend_stable"
+"""A custom resource that marks the cluster's nodes that are not preemptible (the head,
+on-demand nodes): sweep trials, which drive nested runs, and coordinator actors are
+placed on them when the cluster has any (``launch/`` declares it on the head)."""
+
+_LOCAL = {"started": False}
+"""Whether ``connect`` started this process's cluster itself (no autoscaler to wait for)."""
+
+
+def stable_resources() -> dict[str, float]:
+    """What a driver-like actor asks for so it lands on a non-preemptible node."""
+    return {STABLE: 0.001} if ray.cluster_resources().get(STABLE, 0.0) > 0 else {}
+
+
 def connect(cpus_wanted: float = 0.0) -> None:
     """Join ``RAY_ADDRESS``'s cluster, or start a local one with at least ``cpus_wanted``
     logical CPUs. A no-op when Ray is already initialised (tests, notebooks).
@@ -60,88 +71,21 @@ def connect(cpus_wanted: float = 0.0) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
         return
-    cpus = max(os.cpu_count() or 1, math.ceil(cpus_wanted))
+    cores = os.cpu_count() or 1
+    cpus = max(cores, math.ceil(cpus_wanted))
+    if cpus_wanted > cores:
+        logger.warning("this run asks for %g logical CPUs (trainer.num_workers x trainer.resources_per_worker.CPU "
+                       "+ a probe trial per head x probes.resources.CPU) on a machine with %d cores: the local "
+                       "cluster gets %d logical CPUs and they share the cores; lower those settings (fractions such "
+                       "as probes.resources.CPU=0.25 are allowed) or set train.threads", cpus_wanted, cores, cpus)
     mark = uuid.uuid4().hex
     os.environ[MARK_ENV] = mark  # inherited by every process the local cluster starts
     env = {k: v for k, v in os.environ.items() if k != MARK_ENV}
     subprocess.Popen([sys.executable, "-m", "gblend_ray.distributed.reaper", str(os.getpid()), mark], env=env,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True)
-    ray.init(num_cpus=cpus, include_dashboard=False)
-
-
-@contextlib.contextmanager
-def ray_output(log: Location | None) -> Iterator[None]:
-    """Send Ray's own output — the workers' forwarded stdout and stderr (their logs and
-    tracebacks) and the driver-side ``ray`` loggers — to the file ``log`` (appended)
-    instead of the terminal, for the time of the block; ``log=None`` leaves it on the
-    terminal (``--verbose``). The product's own lines are printed by the driver and are
-    not affected."""
-    if log is None:
-        yield
-        return
-    local = log.local_path
-    staged = Path(tempfile.mkstemp(prefix="gblend-ray-", suffix=".log")[1]) if local is None else local
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    sink = open(staged, "a", encoding="utf-8")  # noqa: SIM115 - closed below
-    handler = logging.StreamHandler(sink)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    swapped = []
-    for name in ("ray", "ray.data"):
-        logger = logging.getLogger(name)
-        olds = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
-                and getattr(h, "stream", None) in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)]
-        for h in olds:
-            logger.removeHandler(h)
-        logger.addHandler(handler)
-        swapped.append((logger, olds))
-    dispatcher, printers = _worker_log_dispatcher(), []
-    if dispatcher is not None:
-        with dispatcher._lock:
-            printers = [pair for pair in dispatcher.handlers if pair[0] == "ray_print_logs"]
-            dispatcher.handlers = [pair for pair in dispatcher.handlers if pair[0] != "ray_print_logs"]
-        dispatcher.add_handler("gblend_run_log", functools.partial(_write_worker_lines, sink))
-    try:
-        yield
-    except BaseException:
-        # The command ends on its error line: what the workers still print as the run is
-        # torn down goes to the log too, never after that line on the terminal.
-        if local is None:
-            log.write_bytes(staged.read_bytes())
-        raise
-    if dispatcher is not None:
-        dispatcher.remove_handler("gblend_run_log")
-        with dispatcher._lock:
-            dispatcher.handlers.extend(printers)
-    for logger, olds in swapped:
-        logger.removeHandler(handler)
-        for h in olds:
-            logger.addHandler(h)
-    sink.close()
-    if local is None:
-        log.write_bytes(staged.read_bytes())
-        staged.unlink(missing_ok=True)
-
-
-def _worker_log_dispatcher():
-    """Where the driver's log-forwarding thread hands each batch of worker output (a
-    private Ray object: without it, worker output stays on the terminal)."""
-    try:
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher
-    except ImportError:
-        return None
-    ok = all(hasattr(global_worker_stdstream_dispatcher, a) for a in ("handlers", "_lock", "add_handler"))
-    return global_worker_stdstream_dispatcher if ok else None
-
-
-def _write_worker_lines(sink, data: dict) -> None:
-    who = data.get("actor_name") or data.get("task_name") or "worker"
-    prefix = f"({who} pid={data.get('pid')}, ip={data.get('ip')}) "
-    try:
-        sink.write("".join(prefix + line + "\n" for line in data.get("lines", ())))
-        sink.flush()
-    except ValueError:  # closed: output that arrives after the block ends
-        pass
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+    _LOCAL["started"] = True
 
 
 def probe_trials_that_fit(spec: RunSpec, wanted: int, available: dict[str, float] | None = None) -> int:
@@ -161,17 +105,58 @@ def probe_trials_that_fit(spec: RunSpec, wanted: int, available: dict[str, float
     return max(fits, 0)
 
 
-def check_resources(spec: RunSpec, probe_trials: int, available: dict[str, float] | None = None) -> None:
+def check_resources(spec: RunSpec, probe_trials: int, available: dict[str, float] | None = None,
+                    wait_s: float | None = None) -> None:
     """Fail unless the trainer workers plus one probe trial (when the run has probe
-    trials) fit in the cluster's total resources."""
-    have = dict(ray.cluster_resources() if available is None else available)
+    trials) fit in the cluster's total resources. On a cluster this process joined (one
+    that may autoscale), what is missing is first asked of the autoscaler
+    (``ray.autoscaler.sdk.request_resources``) and waited for, at most ``wait_s``
+    (``trainer.resource_wait_s``; default 600 s there, 0 on a local cluster), with a
+    message that says what it waits for."""
     need = _add(trainer_resources(spec), probe_resources(spec, 1 if probe_trials else 0))
-    short = {k: v for k, v in need.items() if have.get(k, 0.0) + 1e-9 < v}
-    if not short:
+    have = dict(ray.cluster_resources() if available is None else available)
+    if _fits(need, have):
         return
+    if wait_s is None:
+        wait_s = spec.trainer.resource_wait_s
+    if wait_s is None:
+        wait_s = 0.0 if (_LOCAL["started"] or available is not None) else 600.0
+    if wait_s > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=_bundles(spec, probe_trials))
+        logger.warning("the cluster has %s; waiting up to %g s (trainer.resource_wait_s) for the autoscaler to add "
+                       "%s", _listing(have, need), wait_s, _listing(need, need))
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            time.sleep(min(5.0, max(0.1, wait_s / 20)))
+            have = dict(ray.cluster_resources())
+            if _fits(need, have):
+                return
+    raise ResourceError(_shortfall(spec, need, have, probe_trials, wait_s))
+
+
+def _fits(need: dict[str, float], have: dict[str, float]) -> bool:
+    return all(have.get(k, 0.0) + 1e-9 >= v for k, v in need.items())
+
+
+def _listing(amounts: dict[str, float], keys: dict[str, float]) -> str:
+    return ", ".join(f"{amounts.get(k, 0.0):g} {k}" for k in sorted(keys))
+
+
+def _bundles(spec: RunSpec, probe_trials: int) -> list[dict[str, float]]:
+    """The run's shape for the autoscaler: a bundle per trainer worker and per probe trial."""
+    t = spec.trainer
+    worker = {k: v for k, v in {**t.resources_per_worker, **({"GPU": 1.0} if t.use_gpu and "GPU" not in
+                                                               t.resources_per_worker else {})}.items() if v > 0}
+    probe = {k: v for k, v in spec.probes.resources.items() if v > 0}
+    return [worker] * t.num_workers + ([probe] * max(probe_trials, 1) if probe_trials else [])
+
+
+def _shortfall(spec: RunSpec, need: dict[str, float], have: dict[str, float], probe_trials: int,
+               waited_s: float) -> str:
     t, p = spec.trainer, spec.probes
     parts = ", ".join(f"{v:g} {k}" for k, v in sorted(need.items()))
-    has = ", ".join(f"{have.get(k, 0.0):g} {k}" for k in sorted(need))
     fixes = [f"trainer.num_workers (now {t.num_workers})",
              f"trainer.resources_per_worker (now {dict(t.resources_per_worker)})"]
     if probe_trials:
@@ -179,10 +164,11 @@ def check_resources(spec: RunSpec, probe_trials: int, available: dict[str, float
                   "probes.mode=inline (probes inside the trainer)"]
     if t.use_gpu:
         fixes.append("trainer.use_gpu=false")
-    raise ResourceError(
+    return (
         f"this run needs {parts} at once (trainer: {t.num_workers} worker(s) x {dict(t.resources_per_worker)}"
         + (f"{' + 1 GPU each' if t.use_gpu and 'GPU' not in t.resources_per_worker else ''}"
            f"; probes: at least one trial x {dict(p.resources)}" if probe_trials else "")
-        + f"), but the cluster has {has} in all. Lower " + ", ".join(fixes)
-        + ", or add nodes to the cluster."
+        + f"), but the cluster has {_listing(have, need)} in all"
+        + (f" after waiting {waited_s:g} s for the autoscaler (trainer.resource_wait_s)" if waited_s > 0 else "")
+        + ". Lower " + ", ".join(fixes) + ", or add nodes to the cluster."
     )

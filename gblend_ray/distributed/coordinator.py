@@ -71,6 +71,7 @@ class Coordinator:
         self._results: dict[tuple[int, str], ProbeResult] = {}
         self._events: list[tuple[str, dict]] = []
         self._done = False
+        self._failure: str | None = None
         self._probes_error: str | None = None
         self._probes_thread: threading.Thread | None = None
 
@@ -145,6 +146,15 @@ class Coordinator:
             if len(self._events) <= cursor and not self._done:
                 self._cond.wait(wait_s)
             return len(self._events), list(self._events[cursor:])
+
+    def fail(self, cause: str) -> None:
+        """Rank 0 says the run failed for its own config (it diverged): the driver raises it."""
+        with self._cond:
+            self._failure = cause
+
+    def failure(self) -> str | None:
+        with self._cond:
+            return self._failure
 
     def finish(self) -> list[dict]:
         """End the run: probe trials stop at their next poll. Returns the trajectory."""

@@ -24,7 +24,14 @@ from ..data.loading import AnyDataset, ensure_dataset, run_splits, select_modali
 from ..storage.rundir import RAY, RunDir
 from ..training.assembly import RunObserver, method_of, write_run
 from ..training.checkpoint import load_checkpoint
-from .cluster import check_resources, connect, probe_resources, probe_trials_that_fit, trainer_resources
+from .cluster import (
+    check_resources,
+    connect,
+    probe_resources,
+    probe_trials_that_fit,
+    stable_resources,
+    trainer_resources,
+)
 from .coordinator import Coordinator
 from .probe_trials import run_trials
 from .trainer import build_trainer, latest_state
@@ -40,10 +47,19 @@ def probe_trial_count(spec: RunSpec, has_rounds: bool, num_heads: int) -> int:
     return min(num_heads, spec.probes.max_concurrent or num_heads)
 
 
+def resources_for(spec: RunSpec, num_heads: int) -> dict[str, float]:
+    """What one run holds at once with a probe trial per head: its trainer workers and
+    probe trials, per resource (CPU, GPU, custom)."""
+    trials = probe_trial_count(spec, True, num_heads)
+    need = dict(trainer_resources(spec))
+    for k, v in probe_resources(spec, trials).items():
+        need[k] = need.get(k, 0.0) + v
+    return need
+
+
 def cpus_for(spec: RunSpec, num_heads: int) -> float:
     """Logical CPUs a local cluster needs for this run with a probe trial per head."""
-    trials = probe_trial_count(spec, True, num_heads)
-    return trainer_resources(spec).get("CPU", 0.0) + probe_resources(spec, trials).get("CPU", 0.0)
+    return resources_for(spec, num_heads).get("CPU", 0.0)
 
 
 def coordinator_name(run: RunDir) -> str:
@@ -137,6 +153,7 @@ def run_on_ray(spec: RunSpec, out_dir: str | RunDir, dataset: AnyDataset | None 
     namespace = ray.get_runtime_context().namespace
     coord = ray.remote(Coordinator).options(
         name=name, namespace=namespace, get_if_exists=True, num_cpus=0, max_concurrency=4 * len(heads) + 16,
+        resources=stable_resources(),  # on a node that is not preemptible, where the cluster marks them
     ).remote(spec, method, heads, run, resume)
     if state is not None and observer is not None:  # what the tracker missed before the interruption
         observer.on_resume(state.epoch, state.history, [r for r in ray.get(coord.trajectory.remote())
@@ -152,8 +169,11 @@ def run_on_ray(spec: RunSpec, out_dir: str | RunDir, dataset: AnyDataset | None 
         ray.kill(coord)  # its probe trials end with it
         raise
     relay.close()
+    failure = ray.get(coord.failure.remote())
     trajectory = ray.get(coord.finish.remote())
     ray.kill(coord)
+    if failure is not None:  # the loop ended on its own config's failure (it diverged)
+        raise FloatingPointError(failure)
     with result.checkpoint.as_directory() as d:
         results = load_checkpoint(d).results
     results["seconds"] = time.perf_counter() - began

@@ -36,7 +36,8 @@ from ray import tune
 from ..storage.location import Location, resolve
 from ..storage.rundir import ERROR, RunDir
 from ..training.runner import run_inline
-from .errors import describe_failure
+from .cluster import stable_resources
+from .errors import describe_failure, root_cause
 from .ray_runner import run_on_ray
 
 PrepareRun = Callable[[dict, str, bool], Any]
@@ -46,6 +47,11 @@ resuming what it holds when told: returns a prepared run (``.spec``, ``.run``,
 layer (``experiment.prepare_trial``)."""
 
 SWEEP_ENGINES = ("ray", "inline")
+OWN_FAILURES = (FloatingPointError, ValueError)
+"""A trial's own failures: divergence, and the ValueErrors that name a bad setting, file or
+resource (config, data, split, checkpoint, run directory, resource errors). Not retried."""
+RETRIES = 2
+"""Tune retries of a trial that failed for any other reason (a lost node, a killed process)."""
 TUNE, TRIALS, SWEEP_JSON = "tune", "trials", "sweep.json"
 
 _SAMPLERS = {"choice": tune.choice, "uniform": tune.uniform, "loguniform": tune.loguniform,
@@ -112,8 +118,14 @@ def sweep_trial(config: dict, prepare: PrepareRun, out: str, engine: str) -> Non
         run = run_on_ray if engine == "ray" else run_inline
         results = run(prepared.spec, prepared.run, observer=prepared.observer, resume=prepared.resume)
     except Exception as err:
-        prepared.run.fail(describe_failure(err), err)
-        raise
+        cause = describe_failure(err)
+        prepared.run.fail(cause, err)
+        if isinstance(root_cause(err), OWN_FAILURES):
+            # The trial's own config failed (it diverged, its data or resources are wrong):
+            # reported as failed, not raised, so Tune does not retry what would fail again.
+            tune.report({"failed": 1, "error": cause})
+            return
+        raise  # a lost node, a killed process: Tune retries the trial (it resumes its run)
     finally:
         _close_wandb()
     tune.report({**_test_metrics(results), "reused": 0})
@@ -146,6 +158,10 @@ class _Lines(tune.Callback):
               f"{trial_name(trial_overrides(trial.config or {}))}: {what}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if (trial.last_result or {}).get("failed"):
+            self.failed += 1
+            self._say(trial, f"FAILED: {trial.last_result.get('error')}")
+            return
         self.done += 1
         metrics = {k: v for k, v in (trial.last_result or {}).items() if k.startswith("test_")}
         self._say(trial, ", ".join(f"{k[5:]} {100 * v:.1f}%" for k, v in metrics.items() if k != "test_loss")
@@ -178,9 +194,20 @@ def check_sweep_dir(out: Location, resume: bool, overwrite: bool) -> None:
                      "--overwrite removes it and starts this one, or choose another --out")
 
 
-def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, cpus_per_trial: float,
+def concurrent_trials(sweep: dict, per_trial: dict[str, float], cluster: dict[str, float]) -> int:
+    """Trials at once: the space's ``max_concurrent_trials``, else as many as the cluster's
+    limiting resource holds (GPUs for runs that train on GPUs, CPUs otherwise)."""
+    if sweep.get("max_concurrent_trials"):
+        return int(sweep["max_concurrent_trials"])
+    fits = [int(cluster.get(k, 0.0) // v) for k, v in per_trial.items() if v > 0]
+    return max(1, min(fits)) if fits else 1
+
+
+def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, per_trial: dict[str, float],
               resume: bool = False, overwrite: bool = False, verbose: int = 0) -> list[dict]:
-    """Run (or resume) the sweep; write ``OUT/sweep.json``; return one row per trial."""
+    """Run (or resume) the sweep; write ``OUT/sweep.json``; return one row per trial.
+    ``per_trial`` is what one trial's run holds at once (its trainer and probe trials on
+    the Ray engine, its process on the inline one)."""
     import ray
 
     out = resolve(out)
@@ -189,12 +216,11 @@ def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, cpus_per
         raise SweepError(f"sweep.engine: expected one of {', '.join(SWEEP_ENGINES)}, got {engine!r}")
     space = param_space(sweep)
     check_sweep_dir(out, resume, overwrite)
-    total_cpus = ray.cluster_resources().get("CPU", 1.0)
-    concurrent = sweep.get("max_concurrent_trials") or max(1, int(total_cpus // max(cpus_per_trial, 1e-9)))
+    concurrent = concurrent_trials(sweep, per_trial, ray.cluster_resources())
     # An inline trial trains in its own Tune actor and holds its CPUs; a Ray trial holds
     # none itself (its trainer workers and probe trials ask for theirs), so that nested
     # runs cannot starve each other as long as `concurrent` runs fit in the cluster.
-    resources = {"CPU": cpus_per_trial} if engine == "inline" else {"CPU": 0.001}
+    resources = dict(per_trial) if engine == "inline" else {"CPU": 0.001, **stable_resources()}
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, prepare=prepare, out=out.uri, engine=engine), resources)
     storage = out / TUNE
@@ -213,30 +239,29 @@ def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, cpus_per
                                         max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage.path, storage_filesystem=storage.fs,
                                       verbose=verbose, callbacks=[lines],
-                                      failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+                                      failure_config=tune.FailureConfig(max_failures=RETRIES, fail_fast=False)),
         )
     grid = tuner.fit()
     rows = []
     for result in grid:
         overrides = trial_overrides(result.config or {})
         run = RunDir(out / TRIALS / trial_name(overrides))
+        failed = result.error is not None or bool((result.metrics or {}).get("failed"))
         rows.append({
             "overrides": overrides,
             "run_dir": run.uri,
-            "status": "failed" if result.error is not None else "ok",
-            "error": _trial_error(run, result.error),
+            "status": "failed" if failed else "ok",
+            "error": _trial_error(run, result.error) if failed else None,
             "test_top1": (result.metrics or {}).get("test_top1"),
         })
     (out / SWEEP_JSON).write_text(json.dumps(rows, indent=2, default=str))
     return rows
 
 
-def _trial_error(run: RunDir, error: BaseException | None) -> str | None:
+def _trial_error(run: RunDir, error: BaseException | None) -> str:
     """A failed trial's cause: the first line of its ``error.txt``, else Tune's error's."""
-    if error is None:
-        return None
     if run.exists(ERROR):
         first = run.location.join(ERROR).read_text().strip().splitlines()
         if first:
             return first[0]
-    return describe_failure(error)
+    return describe_failure(error) if error is not None else "failed (no error.txt)"

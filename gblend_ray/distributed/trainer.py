@@ -124,11 +124,23 @@ def train_loop(config: dict) -> None:
 
     local_run = run.location.local_path
     pretrained = (local_run / PRETRAINED if local_run is not None else Path(tempfile.mkdtemp(prefix="gblend-pre-")))
+    pretrained = pretrained / (f"rank_{rank}" if rank else "")
     # Rank 0 measures the curves on the unwrapped model: a forward through DDP on one
     # rank alone would leave DDP's gradient reducer waiting for the others.
-    train_plan(a, ddp, weights_for, segments=[s for s in a.segments if s.start >= start], rank=rank,
-               world_size=world, on_epoch=on_epoch, monitor=(lambda: epoch_metrics(model, data)) if rank == 0 else None,
-               pretrained_dir=pretrained / (f"rank_{rank}" if rank else ""))
+    try:
+        train_plan(a, ddp, weights_for, segments=[s for s in a.segments if s.start >= start], rank=rank,
+                   world_size=world, on_epoch=on_epoch,
+                   monitor=(lambda: epoch_metrics(model, data)) if rank == 0 else None, pretrained_dir=pretrained)
+    except FloatingPointError as err:
+        # A run that diverges fails for its own config: ending the loop normally (every rank
+        # diverges at the same epoch) with the cause at the coordinator keeps Ray Train from
+        # restarting the worker group (trainer.max_failures is for lost nodes) only to
+        # diverge again, and leaves no checkpoint of the diverged model to resume from.
+        if rank == 0:
+            ray.get(coord.fail.remote(str(err)))
+        return
+    if rank == 0 and local_run is None and pretrained.is_dir() and any(pretrained.iterdir()):
+        (run / PRETRAINED).upload_from(pretrained)  # rank 0's encoders, like a local run's
     trajectory = ray.get(coord.trajectory.remote())
     results = final_results(a, trajectory, history, time.perf_counter() - began) if rank == 0 else None
     report(spec.train.epochs, results["final_weights"] if results else None, final=True, results=results)

@@ -167,7 +167,8 @@ def _ray_log(where, verbose: bool, inline: bool, spec=None, dataset=None):
 
     if inline:
         return contextlib.nullcontext()
-    from ..distributed.cluster import connect, ray_output
+    from ..distributed.cluster import connect
+    from ..distributed.output import ray_output
 
     if spec is not None:
         from ..distributed.ray_runner import cpus_for
@@ -192,8 +193,8 @@ def _cmd_run(args, argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(_interrupted("the run", [prepared.run.location], argv), file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"{result['method']}: test {describe(result['test'])}; wrote {prepared.run.uri}/results.json "
-          "and trajectory.json")
+    print(f"{result['method']}: test {describe(result['test'])}; wrote results.json and trajectory.json to "
+          f"{prepared.run.uri}")
     if result.get("skipped"):
         print(f"left out {len(result['skipped'])} bad file(s), listed under 'skipped' in results.json")
     return EXIT_OK
@@ -236,7 +237,7 @@ def _cmd_sweep(args, argv: list[str]) -> int:
 
     from ..data.loading import ensure_dataset
     from ..distributed.cluster import connect
-    from ..distributed.ray_runner import cpus_for
+    from ..distributed.ray_runner import resources_for
     from ..distributed.sweep import SweepError, run_sweep
     from .config import load_config_with_sweep, spec_to_dict
     from .experiment import prepare_trial
@@ -251,14 +252,14 @@ def _cmd_sweep(args, argv: list[str]) -> int:
     _check_trials(base, sweep, list(dataset.modalities), args.space)
     out = resolve(args.out)
     engine = sweep.get("engine", "ray")
-    per_trial = cpus_for(base, len(dataset.modalities) + 1) if engine == "ray" else 1.0
+    per_trial = resources_for(base, len(dataset.modalities) + 1) if engine == "ray" else {"CPU": 1.0}
     # A local cluster we start holds two runs at once; a given cluster (RAY_ADDRESS) holds
     # what its resources allow, unless the space says max_concurrent_trials.
-    connect(cpus_wanted=per_trial * (sweep.get("max_concurrent_trials") or 2))
+    connect(cpus_wanted=per_trial.get("CPU", 0.0) * (sweep.get("max_concurrent_trials") or 2))
     try:
         with _ray_log(out, args.verbose, inline=False):
             rows = run_sweep(sweep, functools.partial(prepare_trial, base=spec_to_dict(base), group=out.name),
-                             out, cpus_per_trial=per_trial, resume=args.resume, overwrite=args.overwrite,
+                             out, per_trial=per_trial, resume=args.resume, overwrite=args.overwrite,
                              verbose=1 if args.verbose else 0)
     except KeyboardInterrupt:
         print(_interrupted("the sweep", [], argv), file=sys.stderr)

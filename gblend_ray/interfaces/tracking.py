@@ -309,7 +309,7 @@ class RunTracker:
                 resume="allow",
                 reinit="create_new",
                 settings=wandb.Settings(silent=True, show_info=False, show_warnings=False,
-                                        console="off", save_code=False, disable_git=True,
+                                        console="off", save_code=False, disable_git=True, init_timeout=300,
                                         disable_code=True, x_save_requirements=False),
             )
             self._run.define_metric("epoch")

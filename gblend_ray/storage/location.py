@@ -150,11 +150,23 @@ class Location:
         elif info.type != pafs.FileType.NotFound:
             self.fs.delete_file(self.path)
 
+    def download_to(self, local_dir: Path) -> Path:
+        """Copy the tree under this directory to ``local_dir``; return ``local_dir``."""
+        local_dir.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(self.path, str(local_dir), source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        return local_dir
+
     def upload_from(self, local_dir: Path) -> None:
-        """Copy the tree under ``local_dir`` into this directory (files that W&B or another
-        tool can only write to a local disk)."""
-        pafs.copy_files(str(local_dir), self.path, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.fs)
+        """Copy the files under ``local_dir`` into this directory (what W&B or another tool
+        can only write to a local disk); symbolic links (W&B's ``latest-run``) are left out."""
+        local_dir = Path(local_dir)
+        for top, dirs, files in os.walk(local_dir):
+            dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(top, d))]
+            for name in files:
+                source = Path(top) / name
+                if not source.is_symlink():
+                    self.join(*source.relative_to(local_dir).parts).write_bytes(source.read_bytes())
 
 
 def resolve(where: str | os.PathLike | Location) -> Location:

@@ -148,14 +148,30 @@ def train_epochs(
         record.update({f"loss/{name}": total.item() / max(steps, 1) for name, total in sums.items()})
         if learned:
             record.update({f"learned/{h}": w for h, w in core.learned_weights().items()})
-        if not all(math.isfinite(record[f"loss/{name}"]) for name in sums):
+        if not _all_finite([record[f"loss/{name}"] for name in sums], world_size):
             losses_text = {h: record[f"loss/{h}"] for h in active}
-            raise FloatingPointError(f"training diverged at epoch {epoch + 1}: per-head losses {losses_text}; "
-                                     "lower optim.lr")
+            raise FloatingPointError(f"training diverged at epoch {epoch + 1}: per-head losses {losses_text}"
+                                     + (" (on this rank; another rank's were not finite)"
+                                        if all(math.isfinite(v) for v in losses_text.values()) else "")
+                                     + "; lower optim.lr")
         history.append(record)
         if on_epoch is not None and on_epoch(record):
             break
     return history
+
+
+def _all_finite(values: list[float], world_size: int) -> bool:
+    """Whether every rank's epoch losses are finite: under DDP the ranks agree (one
+    all-reduce), so they all stop at the same epoch instead of one of them leaving the
+    others waiting at the next collective."""
+    finite = all(math.isfinite(v) for v in values)
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = torch.tensor([0.0 if finite else 1.0])
+        if torch.distributed.get_backend() == "nccl":
+            flag = flag.cuda()
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        finite = flag.item() == 0.0
+    return finite
 
 
 @dataclass

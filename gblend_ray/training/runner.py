@@ -5,8 +5,8 @@ It sets the run up with ``assembly.assemble``, walks the method's plan with
 process. It is the reference the Ray engine is tested against (same seed and config →
 same weights) and the ``--inline`` mode.
 
-With a run directory it checkpoints at every G-Blend boundary (``checkpoints/``, the
-last two kept) and writes ``trajectory.json`` after every round, as the Ray engine
+With a run directory (a local path or a storage URI) it checkpoints at every G-Blend
+boundary (``checkpoints/``, the last two kept) and writes ``trajectory.json`` after every round, as the Ray engine
 does, so an interrupted run resumes (``resume=True``) from its last boundary with the
 rounds it recorded and ends with the files an uninterrupted run writes.
 """
@@ -23,21 +23,40 @@ import torch
 from ..core.plan import Segment, fixed_weights
 from ..core.spec import RunSpec
 from ..data.loading import AnyDataset
+from ..storage.location import Location
 from ..storage.rundir import CHECKPOINTS, PRETRAINED, TRAJECTORY, RunDir
 from .assembly import RunObserver, assemble, decide, epoch_metrics, final_results, run_probes, train_plan, write_run
-from .checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
+from .checkpoint import STATE_FILE, TrainingState, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger("gblend_ray.runner")
 
 KEEP_CHECKPOINTS = 2
 
 
-def _checkpoint_dir(run: RunDir, epoch: int) -> Path:
-    local = run.location.local_path
-    if local is None:
-        raise ValueError(f"{run.uri}: the in-process engine keeps its checkpoints on a local disk; "
-                         "give a local --out, or run on Ray (without --inline)")
-    return local / CHECKPOINTS / f"epoch_{epoch:04d}"
+def _boundary(run: RunDir, epoch: int) -> Location:
+    return run / CHECKPOINTS / f"epoch_{epoch:04d}"
+
+
+def _save_boundary(run: RunDir, a, epoch: int, history: list[dict]) -> None:
+    """The boundary's checkpoint, written through the run directory's filesystem (staged
+    on the local disk first for object storage); older ones but the last
+    ``KEEP_CHECKPOINTS`` go."""
+    target = _boundary(run, epoch)
+    if target.local_path is not None:
+        save_checkpoint(target.local_path, a.model, a.optimizer, epoch, None, history)
+    else:
+        with tempfile.TemporaryDirectory(prefix="gblend-ckpt-") as staged:
+            target.upload_from(save_checkpoint(staged, a.model, a.optimizer, epoch, None, history))
+    for old in run.checkpoint_epochs()[:-KEEP_CHECKPOINTS]:
+        _boundary(run, old).remove()
+
+
+def _load_boundary(run: RunDir, epoch: int) -> TrainingState:
+    target = _boundary(run, epoch)
+    if target.local_path is not None:
+        return load_checkpoint(target.local_path)
+    with tempfile.TemporaryDirectory(prefix="gblend-ckpt-") as staged:
+        return load_checkpoint(target.download_to(Path(staged)))
 
 
 def run_inline(spec: RunSpec, out_dir: str | Path | RunDir | None = None, dataset: AnyDataset | None = None,
@@ -52,9 +71,9 @@ def run_inline(spec: RunSpec, out_dir: str | Path | RunDir | None = None, datase
     history: list[dict] = []
     start = 0
     if run is not None and resume:
-        epochs = [e for e in run.checkpoint_epochs(STATE_FILE) if (_checkpoint_dir(run, e) / STATE_FILE).is_file()]
+        epochs = [e for e in run.checkpoint_epochs(STATE_FILE) if (_boundary(run, e) / STATE_FILE).is_file()]
         if epochs:
-            state = load_checkpoint(_checkpoint_dir(run, epochs[-1]))
+            state = _load_boundary(run, epochs[-1])
             a.model.load_state_dict(state.model)
             a.optimizer.load_state_dict(state.optimizer)
             torch.set_rng_state(state.rng)
@@ -70,7 +89,7 @@ def run_inline(spec: RunSpec, out_dir: str | Path | RunDir | None = None, datase
         record = next((r for r in trajectory if r["epoch"] == segment.start), None)
         if record is None:
             if run is not None:
-                _checkpoint(run, a, segment.start, history)
+                _save_boundary(run, a, segment.start, history)
             previous = trajectory[-1]["weights"] if trajectory else None
             # Probes draw no random number from the run's stream: the run continues the same
             # whether its rounds ran here or were replayed from the record on a resume.
@@ -92,19 +111,14 @@ def run_inline(spec: RunSpec, out_dir: str | Path | RunDir | None = None, datase
 
     with tempfile.TemporaryDirectory(prefix="gblend-pretrained-") as scratch:
         local = run.location.local_path if run is not None else None
+        pretrained = local / PRETRAINED if local is not None else Path(scratch)
         train_plan(a, a.model, weights_for, segments=[s for s in a.segments if s.start >= start],
-                   monitor=lambda: epoch_metrics(a.model, a.data), on_epoch=on_epoch,
-                   pretrained_dir=local / PRETRAINED if local is not None else Path(scratch))
+                   monitor=lambda: epoch_metrics(a.model, a.data), on_epoch=on_epoch, pretrained_dir=pretrained)
+        if run is not None and local is None and any(pretrained.iterdir()):
+            (run / PRETRAINED).upload_from(pretrained)
     results = final_results(a, trajectory, history, time.perf_counter() - began)
     if run is not None:
         write_run(run, results, trajectory)
     if observer is not None:
         observer.on_end(results)
     return {**results, "trajectory": trajectory}
-
-
-def _checkpoint(run: RunDir, a, epoch: int, history: list[dict]) -> None:
-    """The boundary's checkpoint; the older ones but the last ``KEEP_CHECKPOINTS`` go."""
-    save_checkpoint(_checkpoint_dir(run, epoch), a.model, a.optimizer, epoch, None, history)
-    for old in run.checkpoint_epochs()[:-KEEP_CHECKPOINTS]:
-        (run / CHECKPOINTS / f"epoch_{old:04d}").remove()

@@ -154,7 +154,8 @@ def test_resource_check_counts_trainer_and_one_probe():
 def test_probe_trials_never_take_the_trainers_share():
     from gblend_ray.distributed.cluster import probe_trials_that_fit
 
-    spec = RunSpec()  # 1 trainer worker x 1 CPU, 1 CPU per probe trial
+    spec = RunSpec()
+    spec.probes.resources = {"CPU": 1.0}  # 1 trainer worker x 1 CPU, 1 CPU per probe trial
     assert probe_trials_that_fit(spec, 3, available={"CPU": 2.0}) == 1
     assert probe_trials_that_fit(spec, 3, available={"CPU": 8.0}) == 3
     spec.probes.resources = {"CPU": 0.5}

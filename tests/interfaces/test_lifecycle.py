@@ -66,7 +66,8 @@ def test_a_run_killed_three_times_resumes_to_the_files_of_an_uninterrupted_one(r
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(run, ref)
     files, epochs = wandb_epochs(run)
-    assert len(files) == 1 and epochs == list(range(1, EPOCHS + 1))  # one W&B run, every step once
+    # one W&B run, every step once
+    assert len(files) == 1 and epochs == list(range(1, EPOCHS + 1)), resumed.stderr[-3000:]
     assert RunDir(run).identity()["status"] == "finished"
 
 

@@ -148,6 +148,9 @@ def validate(spec: RunSpec) -> None:
     tr = spec.trainer
     _check_int_min("trainer.num_workers", tr.num_workers, 1)
     _check_int_min("trainer.max_failures", tr.max_failures, -1)
+    if tr.resource_wait_s is not None:
+        _check_range("trainer.resource_wait_s", tr.resource_wait_s, "a number of seconds >= 0 or null",
+                     tr.resource_wait_s >= 0)
     _check_resources("trainer.resources_per_worker", tr.resources_per_worker)
     p = spec.probes
     _check_resources("probes.resources", p.resources)

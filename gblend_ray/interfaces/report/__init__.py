@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ...storage.location import Location, resolve
 from .plots import plot_curves, plot_per_class, plot_weights, slug
 from .runs import GroupKey, RunRecord, find_runs, group_runs, is_gblend, method_kind
 from .tables import label, markdown, summarize, weights_string, write_csv
@@ -72,26 +73,28 @@ def _per_class_plot(rows: list[dict], groups: dict[GroupKey, list[RunRecord]], o
     return (("Per-class gain", p, note) if p else None), note
 
 
-def write_report(root: str | Path, out: str | Path | None = None) -> dict[str, Path | list[Path]]:
-    """Write ``report.md``, ``report.csv`` and the plots for the runs under ``root``.
-
-    Files go to ``out`` (default ``root``). Returns ``{"md": path, "csv": path, "plots": [paths]}``.
+def write_report(root: str | Path | Location, out: str | Path | Location | None = None) -> dict:
+    """Write ``report.md``, ``report.csv`` and the plots for the runs under ``root`` (a
+    local path or a storage URI). Files go to ``out`` (default ``root``). Returns
+    ``{"md": path, "csv": path, "plots": [paths]}`` (``Path``s for local files).
     Raises ValueError when ``root`` is not a directory or holds no run.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"no such directory: {root}")
-    runs = find_runs(root)
+    where = resolve(root)
+    if not where.is_dir():
+        raise ValueError(f"no such directory: {where}")
+    runs = find_runs(where)
     if not runs:
-        raise ValueError(f"no runs under {root}: expected directories with results.json or error.txt")
-    out = Path(out) if out is not None else root
-    out.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"no runs under {where}: expected directories with results.json or error.txt")
+    target = resolve(out) if out is not None else where
+    target.mkdir()
+    out = target.local_path or target
+    root = where.local_path or where
     rows = summarize(runs)
     groups = group_runs(runs, ok_only=True)
     sections = _row_plots(rows, groups, out)
     per_class, note = _per_class_plot(rows, groups, out)
     sections += [per_class] if per_class else []
     md_path = out / "report.md"
-    md_path.write_text(markdown(root, runs, rows, sections, [] if per_class else [note]))
+    resolve(md_path).write_text(markdown(root, runs, rows, sections, [] if per_class else [note]))
     csv_path = write_csv(rows, out / "report.csv")
     return {"md": md_path, "csv": csv_path, "plots": [p for _, p, _ in sections]}

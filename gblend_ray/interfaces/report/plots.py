@@ -5,12 +5,14 @@ and the per-class gain of the best multi-modal row over the best uni-modal one (
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from pathlib import Path
 
 import numpy as np
 
+from ...storage.location import Location, resolve
 from .runs import RunRecord
 
 
@@ -31,8 +33,10 @@ def _new_figure(ncols: int = 1, width: float = 6.0):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=110, format="png")
+def _save(fig, path: Path | Location) -> Path | Location:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
+    resolve(path).write_bytes(buffer.getvalue())
     return path
 
 

@@ -9,10 +9,13 @@ directories at any depth; :func:`find_runs` collects them all.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow.fs as pafs
+
+from ...storage.location import Location, resolve
 
 
 @dataclass
@@ -21,7 +24,8 @@ class RunRecord:
     message from ``error.txt``. ``modalities`` is the config's ``data.modalities``; empty
     means the run used all of the dataset's modalities."""
 
-    path: Path
+    path: Path | Location
+    """A local path, or the run's location in object storage."""
     method: str
     modalities: tuple[str, ...]
     seed: int | None
@@ -45,12 +49,12 @@ def is_gblend(method: str) -> bool:
     return method_kind(method) == "gblend"
 
 
-def _read_config_yaml(path: Path) -> dict:
+def _read_config_yaml(path: Location) -> dict:
     """A run's ``config.yaml`` (what a failed run leaves besides its error), or {}."""
     import yaml
 
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text()) if path.is_file() else None
     except (OSError, yaml.YAMLError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
@@ -71,9 +75,9 @@ def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 _NOT_SETTINGS = ("seed", "method", "name", "data.modalities", "data.path", "data.preset", "tracking.")
 
 
-def _load_run(path: Path) -> RunRecord | None:
-    """The run in ``path``, or None when ``path`` holds no run's results or error."""
-    results_file, error_file = path / "results.json", path / "error.txt"
+def _load_run(where: Location) -> RunRecord | None:
+    """The run in ``where``, or None when it holds no run's results or error."""
+    results_file, error_file = where / "results.json", where / "error.txt"
     results: dict | None = None
     error: str | None = None
     if results_file.is_file():
@@ -96,7 +100,7 @@ def _load_run(path: Path) -> RunRecord | None:
     if results is None and error is None:
         return None
 
-    cfg = (results or {}).get("config") or _read_config_yaml(path / "config.yaml")
+    cfg = (results or {}).get("config") or _read_config_yaml(where / "config.yaml")
     method = (results or {}).get("method") or cfg.get("method") or "unknown"
     seed = (results or {}).get("seed", cfg.get("seed"))
     mods = (cfg.get("data") or {}).get("modalities")
@@ -104,33 +108,41 @@ def _load_run(path: Path) -> RunRecord | None:
         mods = [mods]
 
     trajectory: list[dict] = []
-    traj_file = path / "trajectory.json"
+    traj_file = where / "trajectory.json"
     if results is not None and traj_file.is_file():
         try:
             loaded = json.loads(traj_file.read_text())
             trajectory = loaded if isinstance(loaded, list) else []
         except (OSError, ValueError):
             trajectory = []  # the table does not need it; only the weight plot loses a run
-    return RunRecord(path=path, method=str(method), modalities=tuple(str(m) for m in (mods or ())),
+    return RunRecord(path=where.local_path or where, method=str(method), modalities=tuple(str(m) for m in (mods or ())),
                      seed=seed if isinstance(seed, int) else None, results=results,
                      trajectory=trajectory, error=error, config=_flatten(cfg))
 
 
-def find_runs(root: str | Path) -> list[RunRecord]:
-    """Every run directory under ``root`` (``root`` included), in path order.
-
-    A directory is a run if it holds a run's ``results.json`` or an ``error.txt``.
+def find_runs(root: str | Path | Location) -> list[RunRecord]:
+    """Every run directory under ``root`` (``root`` included; a local path or a storage
+    URI), in path order. A directory is a run if it holds a run's ``results.json`` or an
+    ``error.txt``.
     """
-    root = Path(root)
+    root = resolve(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no such directory: {root}")
     runs = []
-    for dirpath, dirnames, _ in os.walk(root):
-        dirnames.sort()  # a stable, path-ordered listing whatever the file system's order
-        run = _load_run(Path(dirpath))
+    for where in _candidates(root):
+        run = _load_run(where)
         if run is not None:
             runs.append(run)
     return runs
+
+
+def _candidates(root: Location) -> list[Location]:
+    """The directories under ``root`` that hold a ``results.json`` or ``error.txt``, in
+    path order, from one recursive listing (one request on an object store)."""
+    infos = root.fs.get_file_info(pafs.FileSelector(root.path, recursive=True))
+    dirs = {root.path.rstrip("/")} | {i.path.rsplit("/", 1)[0] for i in infos
+                                      if i.type == pafs.FileType.File and i.base_name in ("results.json", "error.txt")}
+    return [Location(root.fs, d, root.scheme, root.query) for d in sorted(dirs, key=lambda d: d.split("/"))]
 
 
 def setting_of(run: RunRecord, runs: list[RunRecord]) -> str:

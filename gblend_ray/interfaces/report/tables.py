@@ -7,11 +7,13 @@ Rows come in the paper's order: baselines first, G-Blend last, other kinds betwe
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 
 from ...core.metrics import LABELS, headline
+from ...storage.location import Location, resolve
 from .runs import RunRecord, group_runs, is_gblend, method_kind
 
 # Table order (the paper's): baselines first, G-Blend last; other kinds sit in between.
@@ -95,7 +97,7 @@ def label(method: str, mods: tuple[str, ...], setting: str = "") -> str:
     return (f"{method} ({'+'.join(mods)})" if mods else method) + (f" [{setting}]" if setting else "")
 
 
-def markdown(root: Path, runs: list[RunRecord], rows: list[dict], sections: list[tuple[str, Path, str]],
+def markdown(root: Path | Location, runs: list[RunRecord], rows: list[dict], sections: list[tuple[str, Path, str]],
              notes: list[str]) -> str:
     """``report.md``: the table, the failed runs, then each plot under its title (and
     ``notes`` on plots that could not be drawn)."""
@@ -107,7 +109,7 @@ def markdown(root: Path, runs: list[RunRecord], rows: list[dict], sections: list
     md = [
         "# G-Blend report",
         "",
-        f"Source: `{root.resolve()}` ({len(runs)} run{'s' if len(runs) != 1 else ''}, "
+        f"Source: `{resolve(root).uri}` ({len(runs)} run{'s' if len(runs) != 1 else ''}, "
         f"{sum(not r.ok for r in runs)} failed)",
         "",
         f"Test {main_label} and {companion_label} of each method's prediction head, mean ± std (population) "
@@ -129,10 +131,7 @@ def markdown(root: Path, runs: list[RunRecord], rows: list[dict], sections: list
     if failed:
         md += ["", "## Failed runs", ""]
         for r in failed:
-            try:
-                where = r.path.relative_to(root)
-            except ValueError:
-                where = r.path
+            where = str(r.path).removeprefix(str(root).rstrip("/") + "/")
             seed = "" if r.seed is None else f" seed {r.seed}"
             md.append(f"- FAILED {_md_cell(label(r.method, r.modalities))}{seed} (`{where}`): "
                       f"{_md_cell(_first_line(r.error))}")
@@ -145,7 +144,7 @@ def markdown(root: Path, runs: list[RunRecord], rows: list[dict], sections: list
 
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
+def write_csv(rows: list[dict], path: Path | Location) -> Path | Location:
     """``report.csv``: the rows as numbers (repr-exact floats), a column per G-Blend head's weight."""
     heads: list[str] = []
     for row in rows:
@@ -153,26 +152,28 @@ def write_csv(rows: list[dict], path: Path) -> Path:
             heads += [h for h in row["weights"] if h not in heads]
     fields = ["method", "modalities", "setting", "n_ok", "n_failed", "top1_mean", "top1_std", "top5_mean", "seeds",
               "top1_per_seed", "weights", *[f"weight_{h}" for h in heads], "failed_seeds", "errors"]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for row in rows:
-            gb = is_gblend(row["method"])
-            w.writerow({
-                "method": row["method"],
-                "modalities": _mods_text(row["modalities"]),
-                "setting": row["setting"],
-                "n_ok": row["n_ok"],
-                "n_failed": row["n_failed"],
-                # repr-exact floats; an empty cell where no seed finished
-                "top1_mean": "" if row["mean"] is None else repr(row["mean"]),
-                "top1_std": "" if row["std"] is None else repr(row["std"]),
-                "top5_mean": "" if row["top5_mean"] is None else repr(row["top5_mean"]),
-                "seeds": ";".join(str(s) for s in row["seeds"]),
-                "top1_per_seed": ";".join(repr(v) for v in row["top1"]),
-                "weights": weights_string(row["weights"]) if gb and row["weights"] else "",
-                **{f"weight_{h}": repr(row["weights"][h]) if gb and h in row["weights"] else "" for h in heads},
-                "failed_seeds": ";".join("" if s is None else str(s) for s in row["failed_seeds"]),
-                "errors": " | ".join(row["errors"]),
-            })
+    f = io.StringIO(newline="")
+    # one string, written once: the report may go to object storage
+    w = csv.DictWriter(f, fieldnames=fields)
+    w.writeheader()
+    for row in rows:
+        gb = is_gblend(row["method"])
+        w.writerow({
+            "method": row["method"],
+            "modalities": _mods_text(row["modalities"]),
+            "setting": row["setting"],
+            "n_ok": row["n_ok"],
+            "n_failed": row["n_failed"],
+            # repr-exact floats; an empty cell where no seed finished
+            "top1_mean": "" if row["mean"] is None else repr(row["mean"]),
+            "top1_std": "" if row["std"] is None else repr(row["std"]),
+            "top5_mean": "" if row["top5_mean"] is None else repr(row["top5_mean"]),
+            "seeds": ";".join(str(s) for s in row["seeds"]),
+            "top1_per_seed": ";".join(repr(v) for v in row["top1"]),
+            "weights": weights_string(row["weights"]) if gb and row["weights"] else "",
+            **{f"weight_{h}": repr(row["weights"][h]) if gb and h in row["weights"] else "" for h in heads},
+            "failed_seeds": ";".join("" if s is None else str(s) for s in row["failed_seeds"]),
+            "errors": " | ".join(row["errors"]),
+        })
+    resolve(path).write_text(f.getvalue())
     return path
