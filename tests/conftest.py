@@ -28,6 +28,14 @@ def ray_cluster():
     import os
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Single-node clusters in local-only mode: Ray then binds to 127.0.0.1, not the machine's
+    # interface address (inherited by the `gblend` processes tests start).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # The cluster's processes read object storage with the credentials of their node's
+    # environment: the loopback S3 server of tests/distributed/test_object_storage.py takes any.
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
+        os.environ.setdefault(key, value)
     import ray
 
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)

@@ -59,6 +59,19 @@ def stable_resources() -> dict[str, float]:
     return {STABLE: 0.001} if ray.cluster_resources().get(STABLE, 0.0) > 0 else {}
 
 
+def local_cpus(cpus_wanted: float, cores: int | None = None) -> int:
+    """Logical CPUs of a local cluster for a run that asks for ``cpus_wanted``: at least
+    the machine's cores; more only with a warning that names the settings."""
+    cores = cores or os.cpu_count() or 1
+    cpus = max(cores, math.ceil(cpus_wanted))
+    if cpus_wanted > cores:
+        logger.warning("this run asks for %g logical CPUs (trainer.num_workers x trainer.resources_per_worker.CPU "
+                       "+ a probe trial per head x probes.resources.CPU) on a machine with %d cores: the local "
+                       "cluster gets %d logical CPUs and they share the cores; lower those settings (fractions such "
+                       "as probes.resources.CPU=0.25 are allowed)", cpus_wanted, cores, cpus)
+    return cpus
+
+
 def connect(cpus_wanted: float = 0.0) -> None:
     """Join ``RAY_ADDRESS``'s cluster, or start a local one with at least ``cpus_wanted``
     logical CPUs. A no-op when Ray is already initialised (tests, notebooks).
@@ -71,13 +84,7 @@ def connect(cpus_wanted: float = 0.0) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
         return
-    cores = os.cpu_count() or 1
-    cpus = max(cores, math.ceil(cpus_wanted))
-    if cpus_wanted > cores:
-        logger.warning("this run asks for %g logical CPUs (trainer.num_workers x trainer.resources_per_worker.CPU "
-                       "+ a probe trial per head x probes.resources.CPU) on a machine with %d cores: the local "
-                       "cluster gets %d logical CPUs and they share the cores; lower those settings (fractions such "
-                       "as probes.resources.CPU=0.25 are allowed) or set train.threads", cpus_wanted, cores, cpus)
+    cpus = local_cpus(cpus_wanted)
     mark = uuid.uuid4().hex
     os.environ[MARK_ENV] = mark  # inherited by every process the local cluster starts
     env = {k: v for k, v in os.environ.items() if k != MARK_ENV}
@@ -119,8 +126,9 @@ def check_resources(spec: RunSpec, probe_trials: int, available: dict[str, float
         return
     if wait_s is None:
         wait_s = spec.trainer.resource_wait_s
-    if wait_s is None:
-        wait_s = 0.0 if (_LOCAL["started"] or available is not None) else 600.0
+    if wait_s is None:  # only a cluster this command joined may grow; one it started or was given cannot
+        joined = bool(os.environ.get("RAY_ADDRESS")) and not _LOCAL["started"]
+        wait_s = 600.0 if joined and available is None else 0.0
     if wait_s > 0:
         from ray.autoscaler.sdk import request_resources
 
@@ -133,6 +141,7 @@ def check_resources(spec: RunSpec, probe_trials: int, available: dict[str, float
             have = dict(ray.cluster_resources())
             if _fits(need, have):
                 return
+        request_resources(bundles=[])  # withdrawn: the run gives up, the cluster need not grow for it
     raise ResourceError(_shortfall(spec, need, have, probe_trials, wait_s))
 
 

@@ -82,7 +82,7 @@ def open_run(spec: RunSpec, where: str | Path | RunDir, *, resume: bool = False,
         run.start(config)
         (run / CONFIG).write_text(config_yaml(spec))
     else:
-        run.mark("running")
+        run.resume()
     (run / ERROR).remove()  # an earlier attempt's failure
     observers: list[RunObserver] = [RunTracker(run, spec.tracking, run_name(spec), config)]
     if progress:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import socket
 import time
 import traceback
 from typing import Any, Literal
@@ -145,10 +147,17 @@ class RunDir:
         return ident if isinstance(ident, dict) and "config" in ident else None
 
     def start(self, config: dict) -> None:
-        """Record this directory as the run of ``config``, running."""
+        """Record this directory as the run of ``config``, running (attempt 1, driven by
+        this process)."""
         self.location.mkdir()
         self.write_json(RUN, {"config_hash": config_hash(config), "status": "running",
-                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": canonical(config)})
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "attempts": 1, **_driver(),
+                              "config": canonical(config)})
+
+    def resume(self) -> None:
+        """Record another attempt at the run, driven by this process."""
+        ident = self.identity() or {}
+        self.mark("running", attempts=int(ident.get("attempts", 1)) + 1, **_driver())
 
     def mark(self, status: Status, **extra: Any) -> None:
         ident = self.identity()
@@ -220,6 +229,11 @@ class RunDir:
         """Remove every file a run writes (``RUN_FILES``); anything else stays."""
         for name in RUN_FILES:
             (self / name).remove()
+
+
+def _driver() -> dict:
+    """Who drives an attempt: a sweep trial's or a command's process, on which host."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
 
 
 def _listing(names: list[str], most: int = 6) -> str:

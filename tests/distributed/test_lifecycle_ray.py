@@ -129,7 +129,8 @@ def test_no_ray_process_outlives_a_killed_driver(av_overfit, tmp_path):
 
     driver_pid = []
     proc = subprocess.Popen([sys.executable, "-m", "gblend_ray.cli", "run", cfg, "--out", str(run)], cwd=tmp_path,
-                            env={**env, "WANDB_MODE": "offline", "RAY_AUTH_MODE": "disabled"},
+                            env={**env, "WANDB_MODE": "offline", "RAY_AUTH_MODE": "disabled",
+                                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},  # its own cluster, on 127.0.0.1
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     driver_pid.append(proc.pid)
     deadline = time.monotonic() + 240

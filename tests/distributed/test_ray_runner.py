@@ -134,7 +134,7 @@ def test_more_than_the_cluster_has_fails_at_once(ray_cluster, av_overfit, tmp_pa
     spec = _spec(av_overfit)
     spec.trainer.num_workers = 64
     began = time.time()
-    with pytest.raises(ResourceError, match=r"needs 65 CPU.*cluster has 8 CPU.*trainer.num_workers"):
+    with pytest.raises(ResourceError, match=r"needs 64.25 CPU.*cluster has 8 CPU.*trainer.num_workers"):
         run_on_ray(spec, tmp_path / "too-big")
     assert time.time() - began < 10
 
@@ -202,3 +202,32 @@ def test_a_planted_checkpoint_is_refused_before_a_resumed_run_starts(ray_cluster
     with pytest.raises(CheckpointError, match=r"epoch_0004/state\.pt.*weights_only=True"):
         run_on_ray(spec, run, resume=True)
     assert not marker.exists()
+
+
+def test_an_autoscaling_cluster_is_asked_and_waited_for_then_the_shortfall_named(ray_cluster, caplog):
+    spec = _spec("unused")
+    spec.trainer.num_workers = 64
+    began = time.time()
+    with pytest.raises(ResourceError, match=r"needs 64.25 CPU.*has 8 CPU in all after waiting 1 s for the autoscaler"):
+        check_resources(spec, 3, wait_s=1.0)
+    assert 1.0 <= time.time() - began < 10
+    (warning,) = [r.message for r in caplog.records if "waiting up to" in r.message]
+    assert "waiting up to 1 s (trainer.resource_wait_s) for the autoscaler to add 64.25 CPU" in warning
+
+
+def test_a_local_cluster_beyond_the_machines_cores_is_a_warning_naming_the_settings(caplog):
+    from gblend_ray.distributed.cluster import local_cpus
+
+    assert local_cpus(1.75, cores=2) == 2 and not caplog.records
+    assert local_cpus(301.0, cores=2) == 301
+    (warning,) = [r.message for r in caplog.records]
+    assert "asks for 301 logical CPUs" in warning and "2 cores" in warning and "probes.resources.CPU" in warning
+
+
+def test_sweep_concurrency_comes_from_the_limiting_resource():
+    from gblend_ray.distributed.sweep import concurrent_trials
+
+    assert concurrent_trials({}, {"CPU": 1.75}, {"CPU": 8.0}) == 4
+    assert concurrent_trials({}, {"CPU": 1.75, "GPU": 2.0}, {"CPU": 64.0, "GPU": 4.0}) == 2  # GPUs limit
+    assert concurrent_trials({"max_concurrent_trials": 3}, {"GPU": 2.0}, {"GPU": 4.0}) == 3
+    assert concurrent_trials({}, {"GPU": 8.0}, {"GPU": 4.0}) == 1

@@ -103,3 +103,36 @@ def test_a_bad_trial_in_the_space_is_caught_before_any_trial_runs(av_overfit, tm
     err = capsys.readouterr().err
     assert "uni:depth" in err and "method" in err and "video" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_trial_that_fails_for_its_config_is_not_retried_one_that_loses_its_process_is(ray_cluster, av_overfit,
+                                                                                       tmp_path):
+    space = _space(tmp_path, av_overfit, {
+        "cases": [{"method": "aux", "optim.lr": 1.0e9}, {"method": "naive", "train.epochs": 12}],
+        "engine": "inline", "max_concurrent_trials": 2})
+    out = tmp_path / "sweep"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "gblend_ray.cli", "sweep", str(space), "--out", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    naive = None
+    deadline = time.time() + 240
+    while time.time() < deadline and naive is None:
+        for run in out.glob("trials/*method=naive*"):
+            metrics = run / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+                naive = run
+        time.sleep(0.05)
+    assert naive is not None, "the naive trial never trained"
+    first = json.loads((naive / "run.json").read_text())
+    os.kill(first["pid"], signal.SIGKILL)  # the trial's process dies, as on a lost node
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]  # the sweep finished; the diverging trial failed
+    rows = {r["overrides"]["method"]: r for r in json.loads((out / "sweep.json").read_text())}
+    assert rows["naive"]["status"] == "ok" and rows["aux"]["status"] == "failed"
+    assert rows["aux"]["error"].startswith("training diverged at epoch 1")
+    aux = next(out.glob("trials/*method=aux*"))
+    assert json.loads((aux / "run.json").read_text())["attempts"] == 1  # its own config: not retried
+    again = json.loads((naive / "run.json").read_text())
+    assert again["attempts"] == 2 and again["pid"] != first["pid"] and again["status"] == "finished"  # retried
+    epochs = [json.loads(line)["epoch"] for line in (naive / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 13))  # it resumed: every epoch recorded once

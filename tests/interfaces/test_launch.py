@@ -23,7 +23,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import jsonschema
 import pytest
 import ray
 import yaml
+from raycluster import free_ports, stop_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch"
@@ -495,69 +495,6 @@ def test_submit_sh_no_wait_returns_after_submitting(fake_submit):
 
 # --- end to end: a cluster started with `ray start`, jobs submitted with submit.sh ----------
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _cluster_pids(marker: str, temp_dir: str) -> set[int]:
-    """Live (non-zombie) processes of this user that belong to the test's cluster: those whose
-    environment carries the marker or whose command line names its temp dir, and their
-    descendants."""
-    uid, me = os.getuid(), os.getpid()
-    parent, matched = {}, set()
-    tag = f"{MARKER}={marker}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        try:
-            if os.stat(f"/proc/{pid}").st_uid != uid:
-                continue
-            state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
-            if state == "Z":
-                continue
-            parent[pid] = int(ppid)
-            if f"{temp_dir}/".encode() in Path(f"/proc/{pid}/cmdline").read_bytes() \
-                    or tag in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                matched.add(pid)
-        except (OSError, ValueError, IndexError):
-            continue
-    grew = True
-    while grew:
-        more = {pid for pid, ppid in parent.items() if ppid in matched and pid not in matched}
-        matched |= more
-        grew = bool(more)
-    return matched - {me}
-
-
-def _stop_cluster(marker: str, temp_dir: str) -> set[int]:
-    """SIGTERM the cluster's processes, SIGKILL what is left after a grace period (gcs_server
-    and the autoscaler monitor outlive a SIGTERM by far: `ray stop` kills them after its 16 s
-    grace period too); returns the pids still alive at the end (none, normally)."""
-    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 10), (signal.SIGKILL, 5)):
-        pids = _cluster_pids(marker, temp_dir)
-        if not pids:
-            return set()
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + grace
-        while time.time() < deadline and _cluster_pids(marker, temp_dir):
-            time.sleep(0.5)
-    return _cluster_pids(marker, temp_dir)
-
-
 _LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
 
 
@@ -605,7 +542,7 @@ def loopback_cluster(tmp_path_factory):
     # Unix socket paths (under the temp dir's session dir) must stay short: not under tmp_path.
     temp_dir = tempfile.mkdtemp(prefix="r", dir="/tmp")
     marker = Path(temp_dir).name
-    gcs, dashboard, *more = _free_ports(9)
+    gcs, dashboard, *more = free_ports(9)
     url = f"http://127.0.0.1:{dashboard}"
     start = [str(RAY), "start", "--head", f"--port={gcs}", "--num-cpus=4", f"--resources={{\"{STABLE}\": 1000}}",
              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
@@ -626,7 +563,7 @@ def loopback_cluster(tmp_path_factory):
         _wait_for_dashboard(url, timeout=60)
         yield LoopbackCluster(url, temp_dir, data)
     finally:
-        left = _stop_cluster(marker, temp_dir)
+        left = stop_cluster(MARKER, marker, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"processes of the test's cluster still alive: {sorted(left)}"
 
