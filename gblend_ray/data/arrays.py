@@ -212,6 +212,18 @@ def load_dataset(path: str | Path) -> Dataset:
     return Dataset(root, meta["name"], meta["task"], meta["classes"], modalities, labels, split)
 
 
+def check_new_directory(path: Path, what: str, note: str = "") -> None:
+    """A data set (``what``, e.g. "data.preset 'av-overfit'") is written only into a
+    directory that does not exist or is empty: nothing a user keeps there is overwritten."""
+    if path.exists() and not path.is_dir():
+        raise DatasetError(f"{path}: {what} would be written here, but this is a file; give a new directory")
+    held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if held:
+        shown = ", ".join(held[:8]) + (f" and {len(held) - 8} more" if len(held) > 8 else "")
+        raise DatasetError(f"{path}: {note}is not empty ({shown}); {what} is only written into a new or empty "
+                           "directory: give one, or remove this one first")
+
+
 def save_dataset(path: str | Path, modalities: Mapping[str, Any], labels: Any, classes: Sequence[str],
                  split: Sequence[str] | np.ndarray | None = None, task: str = "multiclass",
                  name: str | None = None) -> Path:

