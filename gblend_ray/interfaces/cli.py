@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -335,6 +336,9 @@ def _load(args) -> tuple:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    # A W&B service inherited from a parent process (wandb exports its address to children)
+    # outlives this process: killed and resumed, the run's id would still be held there.
+    os.environ.pop("WANDB_SERVICE", None)
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s" if verbose else "gblend: %(levelname)s: %(message)s",

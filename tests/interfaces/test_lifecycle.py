@@ -34,7 +34,17 @@ def _config(tmp_path, data, **extra) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(av_overfit, tmp_path_factory):
+def parent_wandb_service(tmp_path_factory):
+    """A W&B service in this (the parent) process, as a notebook or a launcher that logs to
+    W&B has: wandb exports its address to every child, and it outlives a killed child."""
+    import wandb
+
+    wandb.init(mode="offline", dir=str(tmp_path_factory.mktemp("parent-wandb")), project="parent").finish()
+    assert os.environ.get("WANDB_SERVICE")
+
+
+@pytest.fixture(scope="module")
+def reference(av_overfit, tmp_path_factory, parent_wandb_service):
     """An uninterrupted in-process run: what every resumed run must end up writing."""
     root = tmp_path_factory.mktemp("reference")
     cfg = _config(root, av_overfit)
