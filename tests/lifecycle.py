@@ -21,9 +21,10 @@ COMPARED = ("results.json", "trajectory.json", "metrics.jsonl", "rounds.jsonl", 
 
 
 def gblend(args: list[str], cwd: Path, env: dict | None = None, kill_when: Callable[[], bool] | None = None,
-           timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``gblend ARGS`` in ``cwd``; with ``kill_when``, SIGKILL its whole process group
-    as soon as it returns true (polled every 20 ms). ``returncode`` is -9 when killed."""
+           timeout: float = 300, sig: int = signal.SIGKILL) -> subprocess.CompletedProcess:
+    """Run ``gblend ARGS`` in ``cwd``; with ``kill_when``, send ``sig`` (SIGKILL; SIGINT is
+    a terminal's Ctrl-C) to its whole process group as soon as it returns true (polled
+    every 20 ms). ``returncode`` is -9 when killed."""
     env = {**os.environ, "WANDB_MODE": "offline", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
            **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "gblend_ray.cli", *args], cwd=cwd, env=env, text=True,
@@ -32,7 +33,7 @@ def gblend(args: list[str], cwd: Path, env: dict | None = None, kill_when: Calla
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
             if kill_when():
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, sig)
                 break
             time.sleep(0.02)
     try:

@@ -88,15 +88,26 @@ def _trainer_pids(run) -> set[int]:
         return set()
 
 
-def test_a_driver_killed_three_times_resumes_to_the_files_of_an_uninterrupted_run(reference, on_cluster, tmp_path):
-    """Killed in the warm-up, resumed; killed inside a round, resumed; killed in the last
-    super-epoch, resumed: the run ends with the uninterrupted run's files."""
+def test_a_driver_killed_twice_and_interrupted_resumes_to_the_files_of_an_uninterrupted_run(reference, on_cluster,
+                                                                                           tmp_path):
+    """SIGKILL in the warm-up, resumed; SIGKILL inside a round, resumed; Ctrl-C in the last
+    super-epoch (exit 130 within seconds, naming the checkpoint and the resume command),
+    resumed: the run ends with the uninterrupted run's files."""
     ref, cfg, _ = reference
     run = tmp_path / "run"
     args = ["run", cfg, "--out", str(run)]
     for n, (point, reached) in enumerate(KILL_POINTS.items()):
-        killed = gblend(args + (["--resume"] if n else []), cwd=tmp_path, env=on_cluster, kill_when=lambda: reached(run))
-        assert killed.returncode == -signal.SIGKILL, f"the run ended before it was killed {point}"
+        sig = signal.SIGINT if n == len(KILL_POINTS) - 1 else signal.SIGKILL
+        began = []
+        stopped = gblend(args + (["--resume"] if n else []), cwd=tmp_path, env=on_cluster, sig=sig,
+                         kill_when=lambda: reached(run) and not began.append(time.monotonic()))
+        if sig == signal.SIGKILL:
+            assert stopped.returncode == -signal.SIGKILL, f"the run ended before it was killed {point}"
+        else:
+            assert stopped.returncode == 130 and time.monotonic() - began[0] < 30, stopped.stderr[-3000:]
+            last = stopped.stderr.strip().splitlines()[-1]
+            assert last.startswith("gblend: interrupted") and "last checkpoint at epoch 4" in last, last
+            assert last.endswith(f"--out {run} --resume"), last
         # the dead driver's trainer workers stop (Ray ends a dead job's actors), writing nothing more
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in _trainer_pids(run)):
@@ -167,55 +178,44 @@ def test_a_failed_ray_run_ends_on_its_cause_with_the_logs_in_the_run_directory(a
     assert "RayTrainWorker" in log and error.startswith("training diverged") and "Traceback" in error
 
 
-def test_a_resumed_sweep_trial_on_ray_has_all_its_rounds(reference, on_cluster, tmp_path):
-    """A sweep whose G-Blend trial (Ray engine) is killed mid-run, then resumed: the trial
-    continues its run and ends with the files of the uninterrupted run of its config."""
+def test_a_resumed_sweep_keeps_its_finished_trial_and_its_resumed_trial_has_all_its_rounds(reference, on_cluster,
+                                                                                           tmp_path):
+    """A sweep (Ray engine) killed when its naive trial has finished and its G-Blend trial is
+    mid-run, then resumed: the finished trial is not run again; the G-Blend trial continues
+    its run and ends with the files of the uninterrupted run of its config."""
     ref, cfg, _ = reference
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({**yaml.safe_load(open(cfg).read()),
-                                     "sweep": {"grid": {"method": ["gblend:online"]}, "max_concurrent_trials": 1}}))
+                                     "sweep": {"grid": {"method": ["naive", "gblend:online"]},
+                                               "max_concurrent_trials": 1}}))
     out = tmp_path / "sweep"
 
-    def trial():
-        return next(iter(out.glob("trials/method=gblend_online*")), None)
+    def trial(method: str):
+        return next(iter(out.glob(f"trials/method={method}*")), None)
 
     def mid_run() -> bool:
-        t = trial()
+        t = trial("gblend_online")
         return t is not None and rounds_of(t) == [0, 2] and len(lines(t / "metrics.jsonl")) >= 3
 
     killed = gblend(["sweep", str(space), "--out", str(out)], cwd=tmp_path, env=on_cluster, kill_when=mid_run)
     assert killed.returncode == -signal.SIGKILL
+    finished = {p: p.stat().st_mtime_ns for p in trial("naive").rglob("*") if p.is_file()}
+    assert trial("naive") / "results.json" in finished, "the naive trial had not finished first"
     refused = gblend(["sweep", str(space), "--out", str(out)], cwd=tmp_path, env=on_cluster)
     assert refused.returncode == 2 and "--resume continues it" in refused.stderr.strip().splitlines()[-1]
     resumed = gblend(["sweep", str(space), "--out", str(out), "--resume"], cwd=tmp_path, env=on_cluster)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    (row,) = json.loads((out / "sweep.json").read_text())
-    assert row["status"] == "ok"
-    assert rounds_of(trial()) == [0, 2, 4]
+    rows = json.loads((out / "sweep.json").read_text())
+    assert sorted(r["overrides"]["method"] for r in rows) == ["gblend:online", "naive"]
+    assert all(r["status"] == "ok" for r in rows)
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not run again
+    assert rounds_of(trial("gblend_online")) == [0, 2, 4]
     # the reference is the same config; the trial's runs are grouped under the sweep in W&B
-    assert_same_run(trial(), ref, extra=("trained_weights.json",), ignore=("config.tracking.group",))
-    files, epochs = wandb_epochs(trial())  # the trial's W&B run, offline: one, every epoch once
+    assert_same_run(trial("gblend_online"), ref, extra=("trained_weights.json",), ignore=("config.tracking.group",))
+    files, epochs = wandb_epochs(trial("gblend_online"))  # the trial's W&B run, offline: one, every epoch once
     assert len(files) == 1 and epochs == list(range(1, EPOCHS + 1))
     from gblend_ray.cli import main
 
     assert main(["report", str(out)]) == 0
     md = (out / "report.md").read_text()
-    assert "gblend:online" in md and "[video,audio,fused]=[" in md
-
-
-def test_ctrl_c_on_ray_exits_130_saying_where_the_run_stopped(av_overfit, on_cluster, tmp_path):
-    cfg = _config(tmp_path / "cfg.yaml", av_overfit, train={"epochs": 30, "batch_size": 16, "threads": 1})
-    run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "gblend_ray.cli", "run", cfg, "--out", str(run)], cwd=tmp_path,
-                            env={**os.environ, **on_cluster, "WANDB_MODE": "offline", "RAY_AUTH_MODE": "disabled"},
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (run / "ray" / "train" / "epoch_0002" / "state.pt").is_file():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    began = time.monotonic()
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and time.monotonic() - began < 30
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("gblend: interrupted") and "last checkpoint at epoch 2" in last
-    assert last.endswith(f"--out {run} --resume")
+    assert "gblend:online" in md and "naive" in md and "[video,audio,fused]=[" in md

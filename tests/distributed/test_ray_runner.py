@@ -3,8 +3,6 @@ trials on Ray Tune, the coordinator actor."""
 
 import json
 import os
-import signal
-import threading
 import time
 
 import pytest
@@ -94,40 +92,6 @@ def test_baselines_train_with_two_ddp_workers(ray_cluster, av_overfit, tmp_path,
         assert stop["stopped_at"] - stop["best_epoch"] == 1
         val = [r["val/fused/loss"] for r in history]
         assert val.index(min(val)) + 1 == stop["best_epoch"]
-
-
-def test_a_killed_worker_resumes_from_the_boundary(ray_cluster, av_overfit, tmp_path):
-    spec = _spec(av_overfit, epochs=12, batch_size=8)
-    spec.blend.warmup_epochs, spec.blend.super_epoch = 4, 4
-    spec.trainer.max_failures = 1
-    out = tmp_path / "run"
-    killed = {}
-
-    def kill_mid_super_epoch():
-        deadline = time.time() + 240
-        while time.time() < deadline and not killed:
-            try:
-                trained = json.loads((out / "trained_weights.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                trained = []
-            started = [t for t in trained if t["epoch"] == 4]
-            if started:
-                time.sleep(0.3)  # into the super-epoch that starts at epoch 4
-                os.kill(started[0]["pids"][0], signal.SIGKILL)
-                killed["pid"] = started[0]["pids"][0]
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_mid_super_epoch)
-    killer.start()
-    result = run_on_ray(spec, out)
-    killer.join()
-    assert killed, "the worker was never seen training the second super-epoch"
-    assert [r["epoch"] for r in result["trajectory"]] == [0, 4, 8]  # every boundary exactly once
-    trained = json.loads((out / "trained_weights.json").read_text())
-    (at_4,) = [t for t in trained if t["epoch"] == 4]  # one record per rank and segment
-    assert len(at_4["pids"]) == 2 and at_4["pids"][0] == killed["pid"] != at_4["pids"][1]  # restarted
-    assert at_4["weights"] == next(r for r in result["trajectory"] if r["epoch"] == 4)["weights"]
-    assert [h["epoch"] for h in result["history"]] == list(range(1, 13))
 
 
 def test_more_than_the_cluster_has_fails_at_once(ray_cluster, av_overfit, tmp_path):

@@ -56,28 +56,6 @@ def test_one_failing_trial_does_not_stop_the_others(ray_cluster, av_overfit, tmp
     assert "FAILED" in md and "diverged" in md
 
 
-def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, av_overfit, tmp_path):
-    space = _space(tmp_path, av_overfit, {"grid": {"seed": [0, 1, 2, 3]}, "engine": "inline",
-                                          "max_concurrent_trials": 1})
-    out = tmp_path / "sweep"
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "gblend_ray.cli", "sweep", str(space), "--out", str(out)]
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(out.glob("trials/*/results.json"))) < 2:
-        time.sleep(0.1)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    finished = {p: p.stat().st_mtime_ns for p in out.glob("trials/*/results.json")}
-    assert 2 <= len(finished) < 4, "the sweep was not interrupted part-way"
-    second = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-2000:]
-    rows = json.loads((out / "sweep.json").read_text())
-    assert sorted(r["overrides"]["seed"] for r in rows) == [0, 1, 2, 3] and all(r["status"] == "ok" for r in rows)
-    for path, mtime in finished.items():
-        assert path.stat().st_mtime_ns == mtime  # not run again
-
-
 def test_a_bad_trial_in_the_space_is_caught_before_any_trial_runs(av_overfit, tmp_path, capsys):
     space = _space(tmp_path, av_overfit, {"grid": {"method": ["naive", "uni:depth"], "seed": [0, 1]}})
     assert main(["sweep", str(space), "--out", str(tmp_path / "s")]) == 2
