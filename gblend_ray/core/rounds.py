@@ -90,5 +90,43 @@ def decide_round(
     return weights, record
 
 
+def estimation_summary(trajectory: list[dict]) -> dict | None:
+    """What a G-Blend run's rounds actually estimated, from its trajectory records; None
+    for a run without rounds.
+
+    A round *fell back* when every head had G <= 0 (``blend.estimate`` kept the previous
+    weights, or took uniform ones at the first round); the safeguard *rewrote* a round
+    when it changed the estimated weights (``safeguard`` set). ``status`` is ``estimated``
+    (no round fell back), ``partial`` or ``none`` (every round fell back: the run trained
+    with fallback weights throughout, uniform ones being the ``aux`` baseline). ``label``
+    says so in one line, for results, the terminal and reports; None when every round
+    was estimated and none rewritten."""
+    if not trajectory:
+        return None
+    n = len(trajectory)
+    uniform = sum(r.get("fallback") == "uniform" for r in trajectory)
+    previous = sum(r.get("fallback") == "previous" for r in trajectory)
+    fell = uniform + previous
+    rewritten = [r["safeguard"] for r in trajectory if r.get("safeguard")]
+    status = "estimated" if fell == 0 else "none" if fell == n else "partial"
+    parts = []
+    if status == "none":
+        heads = len(trajectory[0]["weights"])
+        even = all(abs(w - 1 / heads) < 1e-9 for r in trajectory for w in r["weights"].values())
+        what = "uniform weights (= aux)" if even else "the fallback weights"
+        parts.append(f"no estimate: every G <= 0 in {_rounds(n, n)}; trained with {what}")
+    elif status == "partial":
+        parts.append(f"{_rounds(fell, n)} fell back (every G <= 0: weights kept)")
+    if rewritten:
+        kinds = "/".join(sorted(set(rewritten)))
+        parts.append(f"safeguard {kinds} rewrote {_rounds(len(rewritten), n)}")
+    return {"rounds": n, "estimated": n - fell, "fallback_uniform": uniform, "fallback_previous": previous,
+            "safeguard_rewrote": len(rewritten), "status": status, "label": "; ".join(parts) or None}
+
+
+def _rounds(k: int, n: int) -> str:
+    return f"{k} of {n} rounds" if n > 1 else "its round"
+
+
 def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None

@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="report.md, report.csv and plots for a run, compare or sweep directory")
     rep.add_argument("dir")
+    rep.add_argument("--without-fallback", action="store_true",
+                     help="leave out G-Blend runs whose every round fell back (no estimate; named in report.md)")
     syn = sub.add_parser("make-synthetic", help="write a synthetic benchmark dataset")
     syn.add_argument("out_dir")
     syn.add_argument("--preset", default="av-overfit")
@@ -203,8 +205,9 @@ def _cmd_run(args, argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(_interrupted("the run", [prepared.run.location], argv), file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"{result['method']}: test {describe(result['test'])}; wrote results.json and trajectory.json to "
-          f"{prepared.run.uri}")
+    estimate = (result.get("estimation") or {}).get("label")
+    print(f"{result['method']}: test {describe(result['test'])}" + (f"; {estimate}" if estimate else "")
+          + f"; wrote results.json and trajectory.json to {prepared.run.uri}")
     if result.get("skipped"):
         print(f"left out {len(result['skipped'])} bad file(s), listed under 'skipped' in results.json")
     return EXIT_OK
@@ -370,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             from .report import write_report
 
-            written = write_report(args.dir)
+            written = write_report(args.dir, without_fallback=args.without_fallback)
             print(f"wrote {written['md']}, {written['csv']} and {len(written['plots'])} plot(s)")
         else:
             return {"run": _cmd_run, "compare": _cmd_compare, "sweep": _cmd_sweep}[args.command](args, argv)

@@ -52,6 +52,7 @@ def compare(prepared: list[PreparedRun], out: str | Path | Location, run: RunFn,
     results: dict[str, list[float]] = {}
     metrics: dict[str, str] = {}
     failed: dict[str, list[int]] = {}
+    no_estimate: dict[str, list[int]] = {}
     for p in prepared:
         method, seed = p.spec.method, p.spec.seed
         results.setdefault(method, [])
@@ -70,7 +71,11 @@ def compare(prepared: list[PreparedRun], out: str | Path | Location, run: RunFn,
         metric = headline(result["test"])[0]
         metrics[method] = metric
         results[method].append(result["test"][metric])
-        log(f"{method:<16} seed {seed}: test {LABELS[metric]} {100 * results[method][-1]:.1f}%  ({note})")
+        estimate = result.get("estimation") or {}
+        if estimate.get("status") == "none":
+            no_estimate.setdefault(method, []).append(seed)
+        label = f"; {estimate['label']}" if estimate.get("label") else ""
+        log(f"{method:<16} seed {seed}: test {LABELS[metric]} {100 * results[method][-1]:.1f}%  ({note}{label})")
     summary: dict[str, dict] = {}
     for method, accs in results.items():
         summary[method] = {
@@ -79,6 +84,7 @@ def compare(prepared: list[PreparedRun], out: str | Path | Location, run: RunFn,
             "std": (statistics.pstdev(accs) if len(accs) > 1 else 0.0) if accs else None,
             "runs": accs,
             **({"failed_seeds": failed[method]} if method in failed else {}),
+            **({"no_estimate_seeds": no_estimate[method]} if method in no_estimate else {}),
         }
     (resolve(out) / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -93,6 +99,8 @@ def format_table(summary: dict) -> str:
     for method, s in summary.items():
         per_seed = " ".join(f"{100 * a:.1f}" for a in s["runs"])
         failed = f"   ({len(s['failed_seeds'])} failed)" if s.get("failed_seeds") else ""
+        if s.get("no_estimate_seeds"):  # G-Blend in name only for these seeds
+            failed += f"   (no estimate in {len(s['no_estimate_seeds'])} of {len(s['runs'])}: every G <= 0)"
         score = f"{100 * s['mean']:>10.1f} ± {100 * s['std']:<5.1f}" if s["mean"] is not None else f"{'—':>10}{'':8}"
         rows.append(f"{method:<18}{score}   {per_seed}{failed}")
     return "\n".join(rows)

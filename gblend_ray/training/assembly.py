@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 
 from ..core.plan import FINETUNE, FUSED, Method, Segment, fixed_weights, lr_at, parse_method, plan_segments
-from ..core.rounds import decide_round
+from ..core.rounds import decide_round, estimation_summary
 from ..core.spec import RunSpec
 from ..data.loading import AnyDataset, RunData, prepare_data, select_modalities
 from ..data.sources import BatchSource
@@ -261,6 +261,7 @@ def final_results(a: Assembly, trajectory: list[dict], history: list[dict], seco
         "final_weights": (trajectory[-1]["weights"] if trajectory
                           else model.learned_weights() or fixed_weights(method, model.modalities)),
         "early_stopping": a.stopper.summary() if a.stopper is not None else None,
+        "estimation": estimation_summary(trajectory) if method.kind == "gblend" else None,
         "skipped": dict(getattr(data.dataset, "skipped", {})),
         "splits": data.splits.sizes(),
         "history": history,

@@ -63,3 +63,34 @@ def test_healthy_round_applies_nothing():
 def test_unknown_safeguard():
     with pytest.raises(ValueError, match="safeguard"):
         _decide("prayer")
+
+
+def _record(epoch, weights, fallback=None, safeguard=None):
+    return {"epoch": epoch, "weights": weights, "fallback": fallback, "safeguard": safeguard}
+
+
+U = {"video": 1 / 3, "audio": 1 / 3, "fused": 1 / 3}
+W = {"video": 0.6, "audio": 0.1, "fused": 0.3}
+
+
+def test_a_run_whose_every_round_fell_back_has_no_estimate():
+    # G <= 0 everywhere at the first round gives uniform weights; later rounds keep them
+    from gblend_ray.core.rounds import estimation_summary
+
+    e = estimation_summary([_record(0, U, "uniform"), _record(4, U, "previous"), _record(8, U, "previous")])
+    assert e["status"] == "none" and e["estimated"] == 0
+    assert (e["fallback_uniform"], e["fallback_previous"], e["safeguard_rewrote"]) == (1, 2, 0)
+    assert e["label"] == "no estimate: every G <= 0 in 3 of 3 rounds; trained with uniform weights (= aux)"
+    one = estimation_summary([_record(0, U, "uniform")])  # offline G-Blend: one round
+    assert one["label"] == "no estimate: every G <= 0 in its round; trained with uniform weights (= aux)"
+
+
+def test_fallbacks_and_safeguard_rewrites_are_counted():
+    from gblend_ray.core.rounds import estimation_summary
+
+    e = estimation_summary([_record(0, W, safeguard="floor"), _record(4, W, "previous", "floor"), _record(8, W)])
+    assert e["status"] == "partial" and e["estimated"] == 2 and e["safeguard_rewrote"] == 2
+    assert e["label"] == "1 of 3 rounds fell back (every G <= 0: weights kept); safeguard floor rewrote 2 of 3 rounds"
+    clean = estimation_summary([_record(0, W), _record(4, W)])
+    assert clean["status"] == "estimated" and clean["label"] is None
+    assert estimation_summary([]) is None  # a method without rounds

@@ -363,3 +363,36 @@ def test_runs_that_differ_in_a_setting_are_different_rows(tmp_path):
     written = write_report(tmp_path)
     md = written["md"].read_text()
     assert "| setting |" in md and "optim.name=adam" in md
+
+
+def test_a_gblend_run_that_estimated_nothing_says_so_everywhere(tiny_dataset, tmp_path, capsys):
+    """Every G forced to 0 (a learning rate too small to move any float32 parameter, so no
+    probe changes its losses): offline G-Blend falls back to uniform weights. Its results,
+    the command's last line and the report's row say so; the report can leave it out."""
+    import yaml
+
+    from gblend_ray.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"path": str(tiny_dataset)}, "tracking": {"backend": "none"}, "optim": {"lr": 1.0e-30},
+        "model": {"hidden_dim": 16, "feature_dim": 8, "fusion_hidden_dim": 16},
+        "train": {"epochs": 2, "batch_size": 32}, "blend": {"warmup_epochs": 1, "super_epoch": 1}}))
+    runs = tmp_path / "runs"
+    assert main(["run", str(cfg), "--out", str(runs / "offline"), "--inline", "--set", "method=gblend:offline"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "no estimate: every G <= 0 in its round; trained with uniform weights (= aux)" in last
+    results = json.loads((runs / "offline" / "results.json").read_text())
+    assert results["estimation"]["status"] == "none" and results["estimation"]["fallback_uniform"] == 1
+    assert main(["run", str(cfg), "--out", str(runs / "naive"), "--inline", "--set", "method=naive"]) == 0
+    assert json.loads((runs / "naive" / "results.json").read_text())["estimation"] is None
+
+    md = write_report(runs)["md"].read_text()
+    assert "NO ESTIMATE in 1/1 seeds (every G <= 0)" in _md_row(md, "gblend:offline")
+    with open(runs / "report.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["method"] == "gblend:offline")
+    assert (row["rounds"], row["fallback_rounds"], row["no_estimate_seeds"]) == ("1", "1", "0")
+    assert main(["report", str(runs), "--without-fallback"]) == 0
+    md = (runs / "report.md").read_text()
+    assert "| gblend:offline |" not in md and "Left out: 1 G-Blend run(s) without an estimate" in md
+    assert "| naive |" in md

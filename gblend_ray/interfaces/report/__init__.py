@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ...core.rounds import estimation_summary
 from ...storage.location import Location, resolve
 from .plots import plot_curves, plot_per_class, plot_weights, slug
 from .runs import GroupKey, RunRecord, find_runs, group_runs, is_gblend, method_kind
@@ -73,9 +74,12 @@ def _per_class_plot(rows: list[dict], groups: dict[GroupKey, list[RunRecord]], o
     return (("Per-class gain", p, note) if p else None), note
 
 
-def write_report(root: str | Path | Location, out: str | Path | Location | None = None) -> dict:
+def write_report(root: str | Path | Location, out: str | Path | Location | None = None,
+                 without_fallback: bool = False) -> dict:
     """Write ``report.md``, ``report.csv`` and the plots for the runs under ``root`` (a
-    local path or a storage URI). Files go to ``out`` (default ``root``). Returns
+    local path or a storage URI). Files go to ``out`` (default ``root``).
+    ``without_fallback`` leaves out G-Blend runs whose every round fell back (named under
+    the table), so that a sweep's rows compare estimates only. Returns
     ``{"md": path, "csv": path, "plots": [paths]}`` (``Path``s for local files).
     Raises ValueError when ``root`` is not a directory or holds no run.
     """
@@ -85,6 +89,9 @@ def write_report(root: str | Path | Location, out: str | Path | Location | None 
     runs = find_runs(where)
     if not runs:
         raise ValueError(f"no runs under {where}: expected directories with results.json or error.txt")
+    left_out = [r for r in runs if without_fallback and r.ok and is_gblend(r.method)
+                and (estimation_summary(r.trajectory) or {}).get("status") == "none"]
+    runs = [r for r in runs if r not in left_out]
     target = resolve(out) if out is not None else where
     target.mkdir()
     out = target.local_path or target
@@ -95,6 +102,6 @@ def write_report(root: str | Path | Location, out: str | Path | Location | None 
     per_class, note = _per_class_plot(rows, groups, out)
     sections += [per_class] if per_class else []
     md_path = out / "report.md"
-    resolve(md_path).write_text(markdown(root, runs, rows, sections, [] if per_class else [note]))
+    resolve(md_path).write_text(markdown(root, runs, rows, sections, [] if per_class else [note], left_out))
     csv_path = write_csv(rows, out / "report.csv")
     return {"md": md_path, "csv": csv_path, "plots": [p for _, p, _ in sections]}

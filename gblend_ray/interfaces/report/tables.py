@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.metrics import LABELS, headline
+from ...core.rounds import estimation_summary
 from ...storage.location import Location, resolve
 from .runs import RunRecord, group_runs, is_gblend, method_kind
 
@@ -35,7 +36,10 @@ def summarize(runs: list[RunRecord]) -> list[dict]:
     ``top5_mean`` (the companion's mean), ``seeds`` (of the ok runs), ``top1`` (the
     metric per ok seed), ``weights`` (mean final weight per head over
     the ok seeds, heads in the results' order), ``failed_seeds``, ``failed_paths``,
-    ``errors`` (first line of each failure). With no ok run the numbers are None.
+    ``errors`` (first line of each failure), and for G-Blend what the rounds estimated
+    (``core.rounds.estimation_summary`` of each ok run): ``rounds``, ``fallback_rounds``,
+    ``safeguard_rounds`` (summed over seeds), ``no_estimate_seeds`` (seeds whose every
+    round fell back). With no ok run the numbers are None.
     """
     rows = []
     for (method, mods, setting), members in group_runs(runs).items():
@@ -51,6 +55,8 @@ def summarize(runs: list[RunRecord]) -> list[dict]:
         for h in heads:
             vals = [float(r.results["final_weights"][h]) for r in ok if h in r.results.get("final_weights", {})]
             weights[h] = float(np.mean(vals))
+        estimates = [(r.seed, estimation_summary(r.trajectory)) for r in ok if is_gblend(method)]
+        estimates = [(seed, e) for seed, e in estimates if e is not None]
         rows.append({
             "method": method,
             "modalities": mods,
@@ -68,6 +74,10 @@ def summarize(runs: list[RunRecord]) -> list[dict]:
             "failed_seeds": [r.seed for r in failed],
             "failed_paths": [r.path for r in failed],
             "errors": [_first_line(r.error) for r in failed],
+            "rounds": sum(e["rounds"] for _, e in estimates),
+            "fallback_rounds": sum(e["rounds"] - e["estimated"] for _, e in estimates),
+            "safeguard_rounds": sum(e["safeguard_rewrote"] for _, e in estimates),
+            "no_estimate_seeds": [seed for seed, e in estimates if e["status"] == "none"],
         })
     # sorted() is stable, so groups of one kind keep their path order.
     return sorted(rows, key=lambda row: _KIND_RANK.get(method_kind(row["method"]), _OTHER_RANK))
@@ -76,6 +86,21 @@ def summarize(runs: list[RunRecord]) -> list[dict]:
 def weights_string(weights: dict[str, float]) -> str:
     """The paper's notation: ``[video,audio,fused]=[0.630,0.014,0.356]``."""
     return f"[{','.join(weights)}]=[{','.join(f'{w:.3f}' for w in weights.values())}]"
+
+
+def estimate_text(row: dict) -> str:
+    """A G-Blend row's estimation in words: seeds without any estimate (every round fell
+    back), rounds that fell back, rounds the safeguard rewrote; "" for other rows."""
+    if not row.get("rounds"):
+        return ""
+    parts = []
+    if row["no_estimate_seeds"]:
+        parts.append(f"NO ESTIMATE in {len(row['no_estimate_seeds'])}/{row['n_ok']} seeds (every G <= 0)")
+    if row["fallback_rounds"]:
+        parts.append(f"{row['fallback_rounds']}/{row['rounds']} rounds fell back")
+    if row["safeguard_rounds"]:
+        parts.append(f"safeguard rewrote {row['safeguard_rounds']}/{row['rounds']} rounds")
+    return "; ".join(parts) or f"all {row['rounds']} rounds estimated"
 
 
 def _pct(mean: float | None, std: float | None = None) -> str:
@@ -98,9 +123,10 @@ def label(method: str, mods: tuple[str, ...], setting: str = "") -> str:
 
 
 def markdown(root: Path | Location, runs: list[RunRecord], rows: list[dict], sections: list[tuple[str, Path, str]],
-             notes: list[str]) -> str:
+             notes: list[str], left_out: list[RunRecord] = ()) -> str:
     """``report.md``: the table, the failed runs, then each plot under its title (and
-    ``notes`` on plots that could not be drawn)."""
+    ``notes`` on plots that could not be drawn). ``left_out``: G-Blend runs without an
+    estimate that the report was asked to leave out, named under the table."""
     ok_metrics = {(row["metric"], row["companion"]) for row in rows if row["n_ok"]}
     main_label, companion_label = "metric", "companion metric"  # rows judged by different metrics
     if len(ok_metrics) == 1:
@@ -118,15 +144,19 @@ def markdown(root: Path | Location, runs: list[RunRecord], rows: list[dict], sec
     ]
     with_setting = any(row["setting"] for row in rows)
     md += ["| method | modalities | " + ("setting | " if with_setting else "")
-           + f"test {main_label} (%) | {companion_label} (%) | seeds ok/failed | weights |",
-           "|---|---|" + ("---|" if with_setting else "") + "---|---|---|---|"]
+           + f"test {main_label} (%) | {companion_label} (%) | seeds ok/failed | weights | estimate |",
+           "|---|---|" + ("---|" if with_setting else "") + "---|---|---|---|---|"]
     for row in rows:
         seeds = f"{row['n_ok']}/{row['n_failed']}" + (" FAILED" if row["n_failed"] else "")
         shown = is_gblend(row["method"]) or row["method"] == "uncertainty"
         weights = weights_string(row["weights"]) if shown and row["weights"] else ""
         md.append(f"| {_md_cell(row['method'])} | {_md_cell(_mods_text(row['modalities']))} | "
                   + (f"{_md_cell(row['setting'])} | " if with_setting else "")
-                  + f"{_pct(row['mean'], row['std'])} | {_pct(row['top5_mean'])} | {seeds} | {weights} |")
+                  + f"{_pct(row['mean'], row['std'])} | {_pct(row['top5_mean'])} | {seeds} | {weights} | "
+                  f"{_md_cell(estimate_text(row))} |")
+    if left_out:
+        md += ["", f"Left out: {len(left_out)} G-Blend run(s) without an estimate (every round fell back): "
+               + ", ".join(f"{label(r.method, r.modalities)} seed {r.seed}" for r in left_out) + "."]
     failed = [r for r in runs if not r.ok]
     if failed:
         md += ["", "## Failed runs", ""]
@@ -151,7 +181,8 @@ def write_csv(rows: list[dict], path: Path | Location) -> Path | Location:
         if is_gblend(row["method"]):
             heads += [h for h in row["weights"] if h not in heads]
     fields = ["method", "modalities", "setting", "n_ok", "n_failed", "top1_mean", "top1_std", "top5_mean", "seeds",
-              "top1_per_seed", "weights", *[f"weight_{h}" for h in heads], "failed_seeds", "errors"]
+              "top1_per_seed", "weights", *[f"weight_{h}" for h in heads], "failed_seeds", "errors", "rounds",
+              "fallback_rounds", "safeguard_rounds", "no_estimate_seeds"]
     f = io.StringIO(newline="")
     # one string, written once: the report may go to object storage
     w = csv.DictWriter(f, fieldnames=fields)
@@ -174,6 +205,10 @@ def write_csv(rows: list[dict], path: Path | Location) -> Path | Location:
             **{f"weight_{h}": repr(row["weights"][h]) if gb and h in row["weights"] else "" for h in heads},
             "failed_seeds": ";".join("" if s is None else str(s) for s in row["failed_seeds"]),
             "errors": " | ".join(row["errors"]),
+            "rounds": row["rounds"] if gb else "",
+            "fallback_rounds": row["fallback_rounds"] if gb else "",
+            "safeguard_rounds": row["safeguard_rounds"] if gb else "",
+            "no_estimate_seeds": ";".join(str(s) for s in row["no_estimate_seeds"]),
         })
     resolve(path).write_text(f.getvalue())
     return path
