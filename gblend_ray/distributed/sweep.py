@@ -14,10 +14,14 @@ A search space is a run config plus a ``sweep:`` section::
       num_samples: 1
       max_concurrent_trials: 2   # default: what the cluster holds
       engine: ray                # each trial trains on Ray (ray) or in its own process (inline)
+      metric: val/top1           # with mode, search and scheduler: what the sweep optimises
+      mode: max                  #   and how (``distributed.search``)
 
 Each trial writes a run directory ``OUT/trials/<overrides>/`` (``results.json``,
-``trajectory.json``, ``config.yaml``, or ``error.txt`` when it failed). A failing trial is
-recorded as failed and the others go on. ``resume`` continues an interrupted sweep: Tune
+``trajectory.json``, ``config.yaml``, or ``error.txt`` when it failed) and reports each
+epoch's validation metrics to Tune as it trains, its test metrics once at the end. A
+failing trial is recorded as failed and the others go on; one the scheduler stopped
+early is recorded as stopped. ``resume`` continues an interrupted sweep: Tune
 restores its experiment, and a trial whose run directory already holds results returns
 them instead of training again.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -33,12 +38,14 @@ from typing import Any
 
 from ray import tune
 
+from ..core.plan import FUSED
 from ..storage.location import Location, resolve
 from ..storage.rundir import ERROR, RunDir
 from ..training.runner import run_inline
 from .cluster import stable_resources
 from .errors import describe_failure, root_cause
 from .ray_runner import run_on_ray
+from .search import best_trial, epoch_metrics, objective, scheduler, searcher, final_test_metrics
 
 PrepareRun = Callable[[dict, str, bool], Any]
 """Builds a trial's spec from its overrides and claims its run directory (a URI),
@@ -47,6 +54,8 @@ resuming what it holds when told: returns a prepared run (``.spec``, ``.run``,
 layer (``experiment.prepare_trial``)."""
 
 SWEEP_ENGINES = ("ray", "inline")
+SWEEP_KEYS = ("grid", "cases", "sample", "num_samples", "max_concurrent_trials", "engine", "metric", "mode",
+              "search", "scheduler")
 OWN_FAILURES = (FloatingPointError, ValueError)
 """A trial's own failures: divergence, and the ValueErrors that name a bad setting, file or
 resource (config, data, split, checkpoint, run directory, resource errors). Not retried."""
@@ -66,10 +75,9 @@ class SweepError(ValueError):
 
 def param_space(sweep: dict) -> dict:
     """Tune's param space from a ``sweep:`` section (keys are dotted config keys)."""
-    unknown = set(sweep) - {"grid", "cases", "sample", "num_samples", "max_concurrent_trials", "engine"}
+    unknown = set(sweep) - set(SWEEP_KEYS)
     if unknown:
-        raise SweepError(f"sweep: unknown key(s) {sorted(unknown)}; expected grid, cases, sample, num_samples, "
-                         "max_concurrent_trials, engine")
+        raise SweepError(f"sweep: unknown key(s) {sorted(unknown)}; expected {', '.join(SWEEP_KEYS)}")
     space: dict = {}
     cases = sweep.get("cases")
     if cases is not None:
@@ -104,36 +112,76 @@ def trial_name(overrides: dict) -> str:
     return re.sub(r"[^A-Za-z0-9=,._-]+", "_", text)[:120] + "-" + digest
 
 
-def sweep_trial(config: dict, prepare: PrepareRun, out: str, engine: str) -> None:
+class _TuneEpochs:
+    """The trial's run observer, which also reports each epoch's validation metrics to
+    Tune as the run records it (on the Ray engine, from the driver's event thread), once
+    per epoch. A scheduler that stops the trial ends it in that ``tune.report``. The last
+    epoch's metrics go out with the test metrics instead: ASHA stops every trial that
+    reaches ``max_t``, and the trial's results would then never be reported."""
+
+    def __init__(self, inner, prediction_head: str, epochs: int):
+        self.inner, self.head, self.epochs, self.last = inner, prediction_head, epochs, None
+        self.reported = 0
+
+    def on_resume(self, epoch: int, history: list[dict], rounds: list[dict]) -> None:
+        if history:
+            self.last = epoch_metrics(history[-1], self.head)
+        self.reported = max(self.reported, epoch)
+        if self.inner is not None:
+            self.inner.on_resume(epoch, history, rounds)
+
+    def on_epoch(self, record: dict) -> None:
+        if self.inner is not None:
+            self.inner.on_epoch(record)
+        if int(record["epoch"]) > self.reported:
+            self.reported = int(record["epoch"])
+            self.last = epoch_metrics(record, self.head)
+            if self.reported < self.epochs:
+                tune.report(dict(self.last))
+
+    def on_round(self, record: dict) -> None:
+        if self.inner is not None:
+            self.inner.on_round(record)
+
+    def on_end(self, results: dict) -> None:
+        if self.inner is not None:
+            self.inner.on_end(results)
+
+
+def sweep_trial(config: dict, prepare: PrepareRun, out: str, engine: str, metric: str | None = None) -> None:
     """One trial: one whole run in ``OUT/trials/<overrides>/``. A trial whose run finished
     before (a resumed sweep) reports its results without training; one that was
     interrupted, or that Tune retries, resumes its run from its last boundary
-    checkpoint. Reports its test metrics to Tune."""
+    checkpoint. Reports every epoch's validation metrics, then the test metrics (with the
+    last epoch's validation metrics beside them, so that the sweep's ``metric`` is in
+    every report; NaN for a trial that failed)."""
     overrides = trial_overrides(config)
     prepared = prepare(overrides, (resolve(out) / TRIALS / trial_name(overrides)).uri, True)
+    method = prepared.spec.method
+    head = method.partition(":")[2] if method.startswith("uni:") else FUSED
     if prepared.claim == "finished":  # never run twice
-        tune.report({**_test_metrics(prepared.results()), "reused": 1})
+        results = prepared.results()
+        last = epoch_metrics(results["history"][-1], head) if results.get("history") else {}
+        tune.report({**last, **final_test_metrics(results), "reused": 1})
         return
+    observer = _TuneEpochs(prepared.observer, head, prepared.spec.train.epochs)
     try:
         run = run_on_ray if engine == "ray" else run_inline
-        results = run(prepared.spec, prepared.run, observer=prepared.observer, resume=prepared.resume)
+        results = run(prepared.spec, prepared.run, observer=observer, resume=prepared.resume)
     except Exception as err:
         cause = describe_failure(err)
         prepared.run.fail(cause, err)
         if isinstance(root_cause(err), OWN_FAILURES):
             # The trial's own config failed (it diverged, its data or resources are wrong):
             # reported as failed, not raised, so Tune does not retry what would fail again.
-            tune.report({"failed": 1, "error": cause})
+            tune.report({**(observer.last or {}), **({metric: math.nan} if metric else {}), "failed": 1,
+                         "error": cause})
             return
         raise  # a lost node, a killed process: Tune retries the trial (it resumes its run)
     finally:
         _close_wandb()
-    tune.report({**_test_metrics(results), "reused": 0})
-
-
-def _test_metrics(results: dict) -> dict[str, float]:
-    """What Tune records of a trial: every test metric (top-1, video top-1, mAP, ...)."""
-    return {f"test_{k}": float(v) for k, v in results["test"].items()}
+    last = epoch_metrics(results["history"][-1], head) if results.get("history") else (observer.last or {})
+    tune.report({**last, **final_test_metrics(results), "reused": 0})
 
 
 def _close_wandb() -> None:
@@ -151,10 +199,12 @@ class _Lines(tune.Callback):
     """The sweep's own terminal lines: one per finished or failed trial, with the count."""
 
     def __init__(self, total: int):
-        self.total, self.done, self.failed = total, 0, 0
+        self.total, self.done, self.failed, self.stopped = total, 0, 0, 0
 
     def _say(self, trial, what: str) -> None:
-        print(f"[sweep {self.done + self.failed}/{self.total}: {self.done} ok, {self.failed} failed] "
+        ended = self.done + self.failed + self.stopped
+        stopped = f", {self.stopped} stopped" if self.stopped else ""
+        print(f"[sweep {ended}/{self.total}: {self.done} ok, {self.failed} failed{stopped}] "
               f"{trial_name(trial_overrides(trial.config or {}))}: {what}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -163,9 +213,14 @@ class _Lines(tune.Callback):
             self._say(trial, f"FAILED: {trial.last_result.get('error')}")
             return
         self.done += 1
-        metrics = {k: v for k, v in (trial.last_result or {}).items() if k.startswith("test_")}
-        self._say(trial, ", ".join(f"{k[5:]} {100 * v:.1f}%" for k, v in metrics.items() if k != "test_loss")
-                  or "done")
+        metrics = {k: v for k, v in (trial.last_result or {}).items() if k.startswith("test/")}
+        if not metrics:  # the scheduler stopped it
+            self.done -= 1
+            self.stopped += 1
+            self._say(trial, f"stopped early at epoch {(trial.last_result or {}).get('epoch', '?')}")
+            return
+        self._say(trial, ", ".join(f"test {k[5:]} {100 * v:.1f}%" for k, v in metrics.items()
+                                   if k != "test/loss") or "done")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed += 1
@@ -203,26 +258,42 @@ def concurrent_trials(sweep: dict, per_trial: dict[str, float], cluster: dict[st
     return max(1, min(fits)) if fits else 1
 
 
-def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, per_trial: dict[str, float],
-              resume: bool = False, overwrite: bool = False, verbose: int = 0) -> list[dict]:
-    """Run (or resume) the sweep; write ``OUT/sweep.json``; return one row per trial.
-    ``per_trial`` is what one trial's run holds at once (its trainer and probe trials on
-    the Ray engine, its process on the inline one)."""
-    import ray
-
-    out = resolve(out)
+def check_sweep(sweep: dict, epochs: int) -> tuple[dict, tuple[str, str] | None]:
+    """The sweep section checked before anything starts: Tune's param space and the
+    objective (``(metric, mode)`` or None). Raises SweepError naming the key."""
     engine = sweep.get("engine", "ray")
     if engine not in SWEEP_ENGINES:
         raise SweepError(f"sweep.engine: expected one of {', '.join(SWEEP_ENGINES)}, got {engine!r}")
     space = param_space(sweep)
+    try:
+        goal = objective(sweep)
+        searcher(sweep, goal, 1)
+        scheduler(sweep, goal, epochs)
+    except ValueError as err:
+        raise SweepError(str(err)) from err
+    return space, goal
+
+
+def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, per_trial: dict[str, float],
+              epochs: int, resume: bool = False, overwrite: bool = False, verbose: int = 0) -> list[dict]:
+    """Run (or resume) the sweep; write ``OUT/sweep.json``; return one row per trial (the
+    best by the sweep's metric marked ``best``). ``per_trial`` is what one trial's run
+    holds at once (its trainer and probe trials on the Ray engine, its process on the
+    inline one); ``epochs`` is the runs' ``train.epochs`` (ASHA's default ``max_t``)."""
+    import ray
+
+    out = resolve(out)
+    engine = sweep.get("engine", "ray")
+    space, goal = check_sweep(sweep, epochs)
     check_sweep_dir(out, resume, overwrite)
     concurrent = concurrent_trials(sweep, per_trial, ray.cluster_resources())
+    metric = goal[0] if goal else None
     # An inline trial trains in its own Tune actor and holds its CPUs; a Ray trial holds
     # none itself (its trainer workers and probe trials ask for theirs), so that nested
     # runs cannot starve each other as long as `concurrent` runs fit in the cluster.
     resources = dict(per_trial) if engine == "inline" else {"CPU": 0.001, **stable_resources()}
     trainable = tune.with_resources(
-        tune.with_parameters(sweep_trial, prepare=prepare, out=out.uri, engine=engine), resources)
+        tune.with_parameters(sweep_trial, prepare=prepare, out=out.uri, engine=engine, metric=metric), resources)
     storage = out / TUNE
     path = (storage / EXPERIMENT).path
     lines = _Lines(trial_count(sweep))
@@ -236,7 +307,9 @@ def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, per_tria
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(num_samples=int(sweep.get("num_samples", 1)),
-                                        max_concurrent_trials=concurrent),
+                                        max_concurrent_trials=concurrent,
+                                        search_alg=searcher(sweep, goal, concurrent),
+                                        scheduler=scheduler(sweep, goal, epochs)),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage.path, storage_filesystem=storage.fs,
                                       verbose=verbose, callbacks=[lines],
                                       failure_config=tune.FailureConfig(max_failures=RETRIES, fail_fast=False)),
@@ -246,14 +319,25 @@ def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, per_tria
     for result in grid:
         overrides = trial_overrides(result.config or {})
         run = RunDir(out / TRIALS / trial_name(overrides))
-        failed = result.error is not None or bool((result.metrics or {}).get("failed"))
+        metrics = result.metrics or {}
+        failed = result.error is not None or bool(metrics.get("failed"))
+        tested = {k: v for k, v in metrics.items() if k.startswith("test/")}
+        status = "failed" if failed else "ok" if tested else "stopped"
+        if status == "stopped" and run.identity() is not None:  # the scheduler ended it: not a crash
+            run.mark("stopped", stopped_at_epoch=metrics.get("epoch"))
         rows.append({
             "overrides": overrides,
             "run_dir": run.uri,
-            "status": "failed" if failed else "ok",
+            "status": status,
             "error": _trial_error(run, result.error) if failed else None,
-            "test_top1": (result.metrics or {}).get("test_top1"),
+            "epochs": metrics.get("epoch"),
+            **({metric: metrics.get(metric)} if metric else {}),
+            "test": {k[5:]: v for k, v in tested.items()},
+            "best": False,
         })
+    best = best_trial(rows, goal) if goal else None
+    if best is not None:
+        best["best"] = True
     (out / SWEEP_JSON).write_text(json.dumps(rows, indent=2, default=str))
     return rows
 

@@ -251,7 +251,7 @@ def _cmd_sweep(args, argv: list[str]) -> int:
     from ..data.loading import ensure_dataset
     from ..distributed.cluster import connect
     from ..distributed.ray_runner import resources_for
-    from ..distributed.sweep import SweepError, run_sweep
+    from ..distributed.sweep import SweepError, check_sweep, run_sweep
     from .config import load_config_with_sweep, spec_to_dict
     from .experiment import prepare_trial
 
@@ -261,6 +261,7 @@ def _cmd_sweep(args, argv: list[str]) -> int:
         raise SweepError(f"{args.space}: no sweep: section; add one (see gblend_ray/distributed/sweep.py) "
                          "or use gblend run")
     sweep = _set_sweep_keys(sweep, sweep_sets)
+    _, goal = check_sweep(sweep, base.train.epochs)  # a bad metric, searcher or scheduler: before any data
     dataset = ensure_dataset(base)  # generate a preset once, before trials race to it
     _check_trials(base, sweep, list(dataset.modalities), args.space)
     out = resolve(args.out)
@@ -272,13 +273,20 @@ def _cmd_sweep(args, argv: list[str]) -> int:
     try:
         with _ray_log(out, args.verbose, inline=False):
             rows = run_sweep(sweep, functools.partial(prepare_trial, base=spec_to_dict(base), group=out.name),
-                             out, per_trial=per_trial, resume=args.resume, overwrite=args.overwrite,
-                             verbose=1 if args.verbose else 0)
+                             out, per_trial=per_trial, epochs=base.train.epochs, resume=args.resume,
+                             overwrite=args.overwrite, verbose=1 if args.verbose else 0)
     except KeyboardInterrupt:
         print(_interrupted("the sweep", [], argv), file=sys.stderr)
         return EXIT_INTERRUPTED
     failed = [r for r in rows if r["status"] == "failed"]
-    print(f"\n{len(rows)} trials: {len(rows) - len(failed)} ok, {len(failed)} failed; wrote {out.uri}/sweep.json")
+    stopped = sum(r["status"] == "stopped" for r in rows)
+    print(f"\n{len(rows)} trials: {len(rows) - len(failed) - stopped} ok, "
+          + (f"{stopped} stopped early, " if stopped else "") + f"{len(failed)} failed; wrote {out.uri}/sweep.json")
+    best = next((r for r in rows if r.get("best")), None)
+    if best is not None:
+        tested = ", ".join(f"{k} {100 * v:.1f}%" for k, v in best["test"].items() if k != "loss")
+        print(f"best by {goal[0]} ({goal[1]}): {best['run_dir']} {best['overrides']}: "
+              f"{goal[0]} {best[goal[0]]:.4f}; test {tested}")
     for r in failed:
         print(f"  FAILED {r['run_dir']}: {r['error']}")
     if failed:
@@ -336,12 +344,20 @@ def _load(args) -> tuple:
     return spec, dataset
 
 
+def _drop_inherited_wandb_service() -> None:
+    """Forget a W&B service this process inherited. wandb exports its service's address to
+    child processes (``WANDB_SERVICE``, ``<version>-<pid of its starter>-...``); a parent's
+    service outlives a killed run and holds its run id, so a resumed run could not log.
+    A service this process started itself (``main`` called in-process) is kept."""
+    token = os.environ.get("WANDB_SERVICE")
+    if token and token.split("-")[1:2] != [str(os.getpid())]:
+        del os.environ["WANDB_SERVICE"]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    # A W&B service inherited from a parent process (wandb exports its address to children)
-    # outlives this process: killed and resumed, the run's id would still be held there.
-    os.environ.pop("WANDB_SERVICE", None)
+    _drop_inherited_wandb_service()
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s" if verbose else "gblend: %(levelname)s: %(message)s",

@@ -50,7 +50,7 @@ RUN_FILES = (RUN, CONFIG, RESULTS, TRAJECTORY, TRAINED, METRICS, ROUNDS, ROUNDS_
              WANDB, PRETRAINED)
 """Everything a run writes into its directory: what ``overwrite`` removes (nothing else)."""
 
-Status = Literal["running", "failed", "finished"]
+Status = Literal["running", "failed", "finished", "stopped"]
 Claim = Literal["start", "resume", "finished"]
 _EPOCH_DIR = re.compile(r"epoch_(\d+)(_final)?$")
 

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -63,3 +64,15 @@ def test_module_entry_point_runs(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "wrote av-overfit" in out.stdout
+
+
+def test_an_inherited_wandb_service_is_dropped_and_this_processs_own_kept(monkeypatch):
+    from gblend_ray.interfaces.cli import _drop_inherited_wandb_service
+
+    monkeypatch.setenv("WANDB_SERVICE", "3-1-unix-/tmp/wandb-1-2-3/socket")  # a parent's (pid 1)
+    _drop_inherited_wandb_service()
+    assert "WANDB_SERVICE" not in os.environ
+    own = f"3-{os.getpid()}-unix-/tmp/wandb-{os.getpid()}-2-3/socket"
+    monkeypatch.setenv("WANDB_SERVICE", own)
+    _drop_inherited_wandb_service()
+    assert os.environ["WANDB_SERVICE"] == own

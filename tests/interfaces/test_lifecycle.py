@@ -39,8 +39,9 @@ def parent_wandb_service(tmp_path_factory):
     W&B has: wandb exports its address to every child, and it outlives a killed child."""
     import wandb
 
+    wandb.teardown()  # a fresh service of this process, whatever tests before left
     wandb.init(mode="offline", dir=str(tmp_path_factory.mktemp("parent-wandb")), project="parent").finish()
-    assert os.environ.get("WANDB_SERVICE")
+    assert os.environ.get("WANDB_SERVICE", "").split("-")[1:2] == [str(os.getpid())]
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ reporting must work on a machine that holds the results but not torch or Ray.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from ...core.rounds import estimation_summary
@@ -102,6 +103,9 @@ def write_report(root: str | Path | Location, out: str | Path | Location | None 
     per_class, note = _per_class_plot(rows, groups, out)
     sections += [per_class] if per_class else []
     md_path = out / "report.md"
-    resolve(md_path).write_text(markdown(root, runs, rows, sections, [] if per_class else [note], left_out))
+    sweep = where / "sweep.json"
+    trials = json.loads(sweep.read_text()) if sweep.exists() else None
+    resolve(md_path).write_text(markdown(root, runs, rows, sections, [] if per_class else [note], left_out,
+                                         trials if isinstance(trials, list) else None))
     csv_path = write_csv(rows, out / "report.csv")
     return {"md": md_path, "csv": csv_path, "plots": [p for _, p, _ in sections]}

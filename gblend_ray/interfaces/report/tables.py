@@ -123,10 +123,11 @@ def label(method: str, mods: tuple[str, ...], setting: str = "") -> str:
 
 
 def markdown(root: Path | Location, runs: list[RunRecord], rows: list[dict], sections: list[tuple[str, Path, str]],
-             notes: list[str], left_out: list[RunRecord] = ()) -> str:
+             notes: list[str], left_out: list[RunRecord] = (), sweep: list[dict] | None = None) -> str:
     """``report.md``: the table, the failed runs, then each plot under its title (and
     ``notes`` on plots that could not be drawn). ``left_out``: G-Blend runs without an
-    estimate that the report was asked to leave out, named under the table."""
+    estimate that the report was asked to leave out, named under the table. ``sweep``:
+    the rows of a sweep's ``sweep.json``, for its best trial and its early-stopped ones."""
     ok_metrics = {(row["metric"], row["companion"]) for row in rows if row["n_ok"]}
     main_label, companion_label = "metric", "companion metric"  # rows judged by different metrics
     if len(ok_metrics) == 1:
@@ -157,6 +158,7 @@ def markdown(root: Path | Location, runs: list[RunRecord], rows: list[dict], sec
     if left_out:
         md += ["", f"Left out: {len(left_out)} G-Blend run(s) without an estimate (every round fell back): "
                + ", ".join(f"{label(r.method, r.modalities)} seed {r.seed}" for r in left_out) + "."]
+    md += sweep_lines(sweep or [])
     failed = [r for r in runs if not r.ok]
     if failed:
         md += ["", "## Failed runs", ""]
@@ -172,6 +174,27 @@ def markdown(root: Path | Location, runs: list[RunRecord], rows: list[dict], sec
         md += [note, ""]
     return "\n".join(md).rstrip() + "\n"
 
+
+
+def sweep_lines(trials: list[dict]) -> list[str]:
+    """A sweep's section of ``report.md``: its best trial by the sweep's metric (with the
+    test metrics of that trial) and the trials its scheduler stopped early."""
+    best = next((t for t in trials if t.get("best")), None)
+    stopped = [t for t in trials if t.get("status") == "stopped"]
+    if best is None and not stopped:
+        return []
+    md = ["", "## Sweep", ""]
+    if best is not None:
+        metric = next(k for k in best if k.startswith("val/"))
+        tested = ", ".join(f"{LABELS.get(k, k)} {100 * v:.1f}%" for k, v in best["test"].items() if k != "loss")
+        chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["overrides"].items())
+        md.append(f"Best trial by {metric} (validation, last epoch): `{chosen}`: {metric} {best[metric]:.4f}; "
+                  f"test {tested}.")
+    if stopped:
+        md += ["", f"Stopped early by the scheduler ({len(stopped)}, not failed):", ""]
+        md += [f"- `{', '.join(f'{k}={v}' for k, v in t['overrides'].items())}` at epoch {t.get('epochs')}"
+               for t in stopped]
+    return md
 
 
 def write_csv(rows: list[dict], path: Path | Location) -> Path | Location:
