@@ -45,7 +45,7 @@ from ..training.runner import run_inline
 from .cluster import stable_resources
 from .errors import describe_failure, root_cause
 from .ray_runner import run_on_ray
-from .search import best_trial, epoch_metrics, objective, scheduler, searcher, final_test_metrics
+from .search import best_trial, epoch_metrics, final_test_metrics, objective, scheduler, searcher
 
 PrepareRun = Callable[[dict, str, bool], Any]
 """Builds a trial's spec from its overrides and claims its run directory (a URI),

@@ -93,6 +93,9 @@ def write_report(root: str | Path | Location, out: str | Path | Location | None 
     left_out = [r for r in runs if without_fallback and r.ok and is_gblend(r.method)
                 and (estimation_summary(r.trajectory) or {}).get("status") == "none"]
     runs = [r for r in runs if r not in left_out]
+    if not runs:
+        raise ValueError(f"every run under {where} is a G-Blend run without an estimate; "
+                         "report without --without-fallback to see them")
     target = resolve(out) if out is not None else where
     target.mkdir()
     out = target.local_path or target
