@@ -37,6 +37,8 @@ def prepare_runs(spec: RunSpec, methods: list[str], seeds: list[int], out: str |
         for seed in seeds:
             s = copy.deepcopy(spec)
             s.method, s.seed = method, seed
+            # one W&B group per compare, as a sweep's runs share theirs
+            s.tracking.group = s.tracking.group or resolve(out).name
             prepared.append(open_run(s, run_dir(out, method, seed), resume=resume, overwrite=overwrite))
     return prepared
 

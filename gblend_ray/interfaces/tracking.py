@@ -11,8 +11,13 @@ three methods:
   and a row of ``run_dir/rounds.csv`` (``epoch`` plus ``weights/<head>``, ``G/<head>``,
   ``dO/<head>``, ``ogr/<head>``); on W&B, those scalars with ``round/epoch`` as their x
   axis, plus ``round/fallback`` and ``round/starved`` (0/1).
-- ``on_end(results)``: the test metrics into the W&B summary, then the W&B run is
-  finished. Calling it again does nothing.
+- ``on_end(results)``: the test metrics into the W&B summary and one chart of every
+  head's weight over the epochs (``weights_chart``, ``wandb.plot.line_series``: the
+  paper's Fig. 5a), then the W&B run is finished. Calling it again does nothing.
+
+A W&B run's ``job_type`` is its method and its tags are the method and its modalities,
+so that runs of one method filter and group together across compares and sweeps (whose
+runs share the ``group`` of their output directory).
 
 W&B steps are not used: every ``log`` call is one history row, and ``define_metric``
 gives epoch metrics ``epoch`` and round metrics ``round/epoch`` as their x axes. An
@@ -160,6 +165,31 @@ def run_id(run_dir: str | Path | Location | RunDir) -> str:
     return hashlib.sha1(uri.encode()).hexdigest()[:16]
 
 
+def run_tags(config: dict) -> list[str]:
+    """A run's W&B tags: its method and its modalities (``all`` when it uses every one)."""
+    modalities = (config.get("data") or {}).get("modalities") or []
+    return [str(config.get("method", "run")), "+".join(modalities) if modalities else "all"]
+
+
+def weight_series(epochs: list[dict]) -> tuple[list[int], dict[str, list[float]]] | None:
+    """The weight of each head in force at every epoch, from the mirror's epoch records:
+    ``(epochs, {head: weights})``; None when the records hold no weights."""
+    heads = [k.partition("/")[2] for k in (epochs[0] if epochs else {}) if k.startswith("weights/")]
+    rows = sorted((r for r in epochs if all(_number(r.get(f"weights/{h}")) is not None for h in heads)),
+                  key=lambda r: r["epoch"])
+    if not heads or not rows:
+        return None
+    return [int(r["epoch"]) for r in rows], {h: [float(r[f"weights/{h}"]) for r in rows] for h in heads}
+
+
+def wandb_line_series(epochs: list[int], heads: dict[str, list[float]]):
+    """W&B's line chart of the heads' weights over the epochs."""
+    import wandb
+
+    return wandb.plot.line_series(xs=epochs, ys=list(heads.values()), keys=list(heads),
+                                  title="G-Blend weights per head", xname="epoch")
+
+
 def round_heads(record: dict) -> list[str]:
     """The heads of a round record, in order: its ``heads`` then any others in ``weights``."""
     heads = list(record.get("heads") or {})
@@ -253,6 +283,10 @@ class RunTracker:
             for key in ("method", "seed"):
                 if key in results:
                     run.summary[key] = _jsonable(scrub(results[key]))
+            chart = weight_series(self._epochs)
+            if chart is not None:
+                epochs, heads = chart
+                run.log({"weights_chart": wandb_line_series(epochs, heads)})
             run.finish()
             if self._staging is not None:  # W&B writes to a local disk only: copy its files over
                 (self.run / WANDB).mkdir().upload_from(self._staging / WANDB)
@@ -299,10 +333,12 @@ class RunTracker:
                 for old in (root / WANDB).glob(f"offline-run-*-{ident}"):
                     shutil.rmtree(old, ignore_errors=True)
             root.mkdir(parents=True, exist_ok=True)
-            self._run = _init_retrying(wandb, 
+            self._run = _init_retrying(wandb,
                 project=self.spec.project,
                 group=self.spec.group,
                 name=self.name,
+                job_type=str(self.config.get("method", "run")),
+                tags=run_tags(self.config),
                 config=self.config,
                 dir=str(root),
                 mode=mode,

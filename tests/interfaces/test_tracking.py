@@ -136,6 +136,20 @@ def test_wandb_epoch_series_has_one_point_per_epoch(tracked):
     assert metrics["train/audio/top1"].step_metric == "epoch"
 
 
+def test_wandb_has_one_chart_of_every_heads_weight_over_the_epochs(tracked):
+    """The paper's Fig. 5a as a W&B chart (``line_series``): its table holds each head's
+    weight in force at every epoch; the run's job type and tags name its method."""
+    view = tracked["view"]
+    (row,) = [r for r in view["rows"] if "weights_chart_table/path" in r]
+    assert "_wandb/visualize/weights_chart" in view["config"]
+    table = json.loads((tracked["files"][0].parent / "files" / row["weights_chart_table/path"]).read_text())
+    rows = [dict(zip(table["columns"], values)) for values in table["data"]]
+    points = {(r["lineKey"], r["step"]): r["lineVal"] for r in rows}
+    weights = {"video": 0.5, "audio": 0.3, "fused": 0.2}
+    assert points == {(h, e): pytest.approx(w) for h, w in weights.items() for e in range(1, EPOCHS + 1)}
+    assert view["run"].job_type == "gblend" and list(view["run"].tags) == ["gblend", "all"]
+
+
 def test_wandb_summary_and_config(tracked):
     summary, config = tracked["view"]["summary"], tracked["view"]["config"]
     assert summary["test/top1"] == pytest.approx(0.625)
