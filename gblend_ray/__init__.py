@@ -38,6 +38,9 @@ _EXPORTS = {
     "run_inline": "gblend_ray.training.runner",
     "run_on_ray": "gblend_ray.distributed.ray_runner",
     "write_report": "gblend_ray.interfaces.report",
+    "load_spec": "gblend_ray.interfaces.api",
+    "GBlendTrainer": "gblend_ray.interfaces.api",
+    "trainable": "gblend_ray.interfaces.api",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -24,6 +24,17 @@ class Registry(Generic[B]):
 
         return add
 
+    def extra(self, own_package: str) -> dict[str, B]:
+        """The builders registered from outside ``own_package`` (a user's code): what a
+        worker process, which imported only the package, must be handed."""
+        return {n: b for n, b in self._builders.items()
+                if not getattr(b, "__module__", "").startswith(own_package)}
+
+    def adopt(self, builders: dict[str, B]) -> None:
+        """Register the ``builders`` this process does not have yet (see ``extra``)."""
+        for name, builder in builders.items():
+            self._builders.setdefault(name, builder)
+
     def names(self) -> list[str]:
         return sorted(self._builders)
 

@@ -18,13 +18,16 @@ from ray import tune
 
 from ..core.spec import RunSpec
 from ..storage.location import Location
-from ..training.assembly import assemble, run_head_probe
+from ..training.assembly import adopt_extensions, assemble, run_head_probe
 from ..training.checkpoint import load_checkpoint
 
 
-def probe_trial(config: dict, spec: RunSpec, coordinator: str, namespace: str, dataset) -> None:
+def probe_trial(config: dict, spec: RunSpec, coordinator: str, namespace: str, dataset,
+                ext: dict | None = None) -> None:
     """Body of one probe trial (slot ``config["slot"]``); ``dataset`` is the run's data set
-    as the driver loaded it (``data.Dataset`` or ``media.MediaDataset``)."""
+    as the driver loaded it (``data.Dataset`` or ``media.MediaDataset``); ``ext`` the
+    driver's user-registered encoders and fusions."""
+    adopt_extensions(ext)
     slot = config["slot"]
     coord = ray.get_actor(coordinator, namespace=namespace)
     # A probe trial holds the resources in probes.resources: a GPU only if it asked for one.
@@ -48,13 +51,14 @@ def probe_trial(config: dict, spec: RunSpec, coordinator: str, namespace: str, d
 
 
 def run_trials(spec: RunSpec, coordinator: str, namespace: str, num_trials: int, storage: Location,
-               dataset: ray.ObjectRef) -> None:
+               dataset: ray.ObjectRef, ext: dict | None = None) -> None:
     """The Tune experiment of ``num_trials`` probe trials; returns when they all end.
     ``dataset`` is the run's loaded data set in the object store; ``tune.with_parameters``
-    hands each trial the object itself."""
+    hands each trial the object itself; ``ext`` the driver's ``assembly.extensions()`` (this
+    runs in the coordinator, which has only the package's own)."""
     trainable = tune.with_resources(
         tune.with_parameters(probe_trial, spec=spec, coordinator=coordinator, namespace=namespace,
-                             dataset=dataset),
+                             dataset=dataset, ext=ext),
         dict(spec.probes.resources),
     )
     tuner = tune.Tuner(

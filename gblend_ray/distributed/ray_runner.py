@@ -22,7 +22,7 @@ from ..core.plan import heads_of
 from ..core.spec import RunSpec
 from ..data.loading import AnyDataset, ensure_dataset, run_splits, select_modalities
 from ..storage.rundir import RAY, RunDir
-from ..training.assembly import RunObserver, method_of, write_run
+from ..training.assembly import RunObserver, extensions, method_of, write_run
 from ..training.checkpoint import load_checkpoint
 from .cluster import (
     check_resources,
@@ -129,6 +129,14 @@ def run_on_ray(spec: RunSpec, out_dir: str | RunDir, dataset: AnyDataset | None 
     """Train one run on the Ray cluster; write and return its results (with trajectory).
     ``resume`` continues the run in ``out_dir`` from its last boundary checkpoint, with
     the rounds and trained weights it recorded."""
+    return fit_on_ray(spec, out_dir, dataset, observer, resume=resume)[0]
+
+
+def fit_on_ray(spec: RunSpec, out_dir: str | RunDir, dataset: AnyDataset | None = None,
+               observer: RunObserver | None = None, *, resume: bool = False) -> tuple[dict, ray.train.Result]:
+    """``run_on_ray``, also returning Ray Train's ``Result`` of the run (its final
+    checkpoint, its path, and the final report's metrics: test metrics and the
+    per-epoch validation history)."""
     began = time.perf_counter()
     run = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
     dataset = select_modalities(dataset or ensure_dataset(spec), spec.data.modalities)
@@ -160,7 +168,7 @@ def run_on_ray(spec: RunSpec, out_dir: str | RunDir, dataset: AnyDataset | None 
                                                         if r["epoch"] <= state.epoch])
     if trials:
         ray.get(coord.start_probes.remote(
-            functools.partial(run_trials, spec, name, namespace, trials, run / RAY, dataset_ref)))
+            functools.partial(run_trials, spec, name, namespace, trials, run / RAY, dataset_ref, extensions(spec))))
     relay = EventRelay(coord, observer)
     try:
         result = _fit(build_trainer(spec, run, name, namespace, dataset_ref))
@@ -180,4 +188,4 @@ def run_on_ray(spec: RunSpec, out_dir: str | RunDir, dataset: AnyDataset | None 
     write_run(run, results, trajectory)
     if observer is not None:
         observer.on_end(results)
-    return {**results, "trajectory": trajectory}
+    return {**results, "trajectory": trajectory}, result

@@ -111,7 +111,8 @@ def scheduler(sweep: dict, goal: tuple[str, str] | None, epochs: int):
         return None
     unknown = set(options) - set(_ASHA_KEYS)
     if unknown:
-        raise SearchError(f"sweep.scheduler: unknown ASHA option(s) {sorted(unknown)}; expected {', '.join(_ASHA_KEYS)}")
+        raise SearchError(f"sweep.scheduler: unknown ASHA option(s) {sorted(unknown)}; "
+                          f"expected {', '.join(_ASHA_KEYS)}")
     for key, value in options.items():
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1):
             raise SearchError(f"sweep.scheduler.{key}: expected a number >= 1, got {value!r}")

@@ -156,7 +156,12 @@ def sweep_trial(config: dict, prepare: PrepareRun, out: str, engine: str, metric
     last epoch's validation metrics beside them, so that the sweep's ``metric`` is in
     every report; NaN for a trial that failed)."""
     overrides = trial_overrides(config)
-    prepared = prepare(overrides, (resolve(out) / TRIALS / trial_name(overrides)).uri, True)
+    run_trial(prepare(overrides, (resolve(out) / TRIALS / trial_name(overrides)).uri, True), engine, metric)
+
+
+def run_trial(prepared, engine: str, metric: str | None = None) -> None:
+    """The body of a Tune trial that is one whole run, already prepared: train it (or
+    read it back when it finished before), reporting to Tune as ``sweep_trial`` says."""
     method = prepared.spec.method
     head = method.partition(":")[2] if method.startswith("uni:") else FUSED
     if prepared.claim == "finished":  # never run twice

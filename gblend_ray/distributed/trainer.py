@@ -27,7 +27,15 @@ from ray.train.torch import TorchTrainer
 from ..core.plan import Segment, fixed_weights
 from ..core.spec import RunSpec
 from ..storage.rundir import PRETRAINED, RAY, RunDir
-from ..training.assembly import assemble, epoch_metrics, final_results, run_probes, train_plan
+from ..training.assembly import (
+    adopt_extensions,
+    assemble,
+    epoch_metrics,
+    extensions,
+    final_results,
+    run_probes,
+    train_plan,
+)
 from ..training.checkpoint import STATE_FILE, TrainingState, load_checkpoint, save_checkpoint
 
 KEEP_CHECKPOINTS = 2
@@ -62,6 +70,7 @@ def latest_state(run: RunDir) -> TrainingState | None:
 def train_loop(config: dict) -> None:
     spec: RunSpec = config["spec"]
     run: RunDir = config["run"]
+    adopt_extensions(config.get("extensions"))  # the user's registered encoders and fusions
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if spec.trainer.use_gpu else torch.device("cpu")
@@ -88,7 +97,10 @@ def train_loop(config: dict) -> None:
         ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
     def report(epoch: int, weights, final: bool = False, results: dict | None = None) -> Checkpoint:
-        """Every rank calls this equally often (``ray.train.report`` is a barrier)."""
+        """Every rank calls this equally often (``ray.train.report`` is a barrier). The
+        final report's metrics (rank 0's are the ones Ray Train keeps) hold the test
+        metrics and every epoch's validation metrics and weights, so that the run's
+        ``ray.train.Result`` carries them (Ray Train v2 keeps only checkpointed reports)."""
         name = checkpoint_name(epoch, final)
         ckpt = None
         if rank == 0:
@@ -97,7 +109,12 @@ def train_loop(config: dict) -> None:
             staged = save_checkpoint(tempfile.mkdtemp(prefix="gblend-ckpt-"), model, optimizer, epoch, weights,
                                      history, results)
             ckpt = Checkpoint.from_directory(str(staged))
-        ray.train.report({"epoch": epoch, "final": final}, checkpoint=ckpt, checkpoint_dir_name=name,
+        metrics = {"epoch": epoch, "final": final}
+        if results is not None:
+            metrics.update({f"test/{k}": v for k, v in results["test"].items()})
+            metrics["history"] = [{k: v for k, v in r.items() if k == "epoch" or k.startswith(("val/", "weights/"))}
+                                  for r in history]
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name,
                          delete_local_checkpoint_after_upload=True)
         return persisted(run, name)
 
@@ -155,7 +172,7 @@ def build_trainer(spec: RunSpec, run: RunDir, coordinator: str, namespace: str, 
     return TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec, "run": run, "coordinator": coordinator, "namespace": namespace,
-                           "dataset": dataset},
+                           "dataset": dataset, "extensions": extensions(spec)},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=dict(t.resources_per_worker)),
         run_config=RunConfig(name=RUN_NAME, storage_path=storage.path, storage_filesystem=storage.fs,

@@ -94,13 +94,13 @@ def prepare_trial(overrides: dict, run_dir: str, resume: bool, *, base: dict, gr
     """A sweep trial: the space's base config with the trial's dotted overrides; its runs
     are grouped under the sweep's name in W&B. ``resume`` (a resumed sweep) continues an
     unfinished trial's run."""
-    raw = apply_overrides(copy.deepcopy(base), [f"{k}={_yaml_value(v)}" for k, v in overrides.items()])
+    raw = apply_overrides(copy.deepcopy(base), [f"{k}={yaml_value(v)}" for k, v in overrides.items()])
     spec = spec_from_dict(raw)
     spec = dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, group=group))
     return open_run(spec, run_dir, resume=resume, progress=False)  # the sweep's own lines speak for it
 
 
-def _yaml_value(value) -> str:
+def yaml_value(value) -> str:
     import yaml
 
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

@@ -26,7 +26,9 @@ from ..core.spec import RunSpec
 from ..data.loading import AnyDataset, RunData, prepare_data, select_modalities
 from ..data.sources import BatchSource
 from ..storage.rundir import RESULTS, TRAJECTORY, RunDir
+from .encoders import adopt_encoders, user_encoders
 from .engine import evaluate, make_optimizer, metrics_of, per_class_top1, predict, train_epochs
+from .fusion import adopt_fusions, user_fusions
 from .model import MultiHeadNet, build_model, load_encoder_weights
 from .probe import ProbeResult, probe_seed, run_probe
 from .stopping import EarlyStopping
@@ -57,6 +59,27 @@ class Assembly:
     optimizer: torch.optim.Optimizer
     stopper: EarlyStopping | None
     segments: list[Segment]
+
+
+def extensions(spec: RunSpec | None = None) -> dict[str, dict]:
+    """The encoders and fusions a user's code registered in this process (those ``spec``
+    uses, when given). Every process that assembles the run (a Ray Train worker, a probe
+    trial, a sweep trial) must have them: they travel pickled, by value when defined in a
+    script or a notebook, by reference (the module must be importable there: the job's
+    working directory or ``runtime_env``'s ``py_modules``) when defined in a module."""
+    encoders, fusions = user_encoders(), user_fusions()
+    if spec is not None:
+        used = {spec.model.encoder, *spec.model.encoders.values()}
+        encoders = {n: b for n, b in encoders.items() if n in used}
+        fusions = {n: b for n, b in fusions.items() if n == spec.model.fusion}
+    return {"encoders": encoders, "fusions": fusions}
+
+
+def adopt_extensions(ext: dict[str, dict] | None) -> None:
+    """Register in this process what ``extensions()`` gave on the driver."""
+    if ext:
+        adopt_encoders(ext.get("encoders") or {})
+        adopt_fusions(ext.get("fusions") or {})
 
 
 def assemble(spec: RunSpec, dataset: AnyDataset | None = None, device: str | torch.device = "cpu") -> Assembly:

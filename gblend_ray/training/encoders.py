@@ -29,6 +29,7 @@ mid-level fusion pools.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from collections.abc import Callable
@@ -47,6 +48,9 @@ INTERMEDIATE_API = ("intermediate", "from_intermediate", "intermediate_dim", "in
 _ENCODERS: Registry[EncoderBuilder] = Registry("encoder")
 register_encoder = _ENCODERS.register
 encoder_names = _ENCODERS.names
+user_encoders = functools.partial(_ENCODERS.extra, "gblend_ray")
+"""The encoders registered by a user's code, to hand to worker processes."""
+adopt_encoders = _ENCODERS.adopt
 
 
 def build_encoder(name: str, input_shape: tuple[int, ...], spec: ModelSpec) -> nn.Module:

@@ -14,6 +14,7 @@ a conv encoder's feature map (batch, intermediate_dim, *spatial); ``mid_concat``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -27,6 +28,9 @@ FusionBuilder = Callable[[dict[str, int], int, ModelSpec], nn.Module]
 _FUSIONS: Registry[FusionBuilder] = Registry("fusion")
 register_fusion = _FUSIONS.register
 fusion_names = _FUSIONS.names
+user_fusions = functools.partial(_FUSIONS.extra, "gblend_ray")
+"""The fusions registered by a user's code, to hand to worker processes."""
+adopt_fusions = _FUSIONS.adopt
 
 LMF_RANK = 4
 """Default rank of the low-rank factors of ``lmf`` (not part of ModelSpec)."""

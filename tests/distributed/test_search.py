@@ -11,10 +11,10 @@ from gblend_ray.distributed.search import (
     SearchError,
     best_trial,
     epoch_metrics,
+    final_test_metrics,
     objective,
     scheduler,
     searcher,
-    final_test_metrics,
 )
 from gblend_ray.storage.rundir import RunDir
 
