@@ -31,8 +31,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import queue
 import re
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -114,14 +116,28 @@ def trial_name(overrides: dict) -> str:
 
 class _TuneEpochs:
     """The trial's run observer, which also reports each epoch's validation metrics to
-    Tune as the run records it (on the Ray engine, from the driver's event thread), once
-    per epoch. A scheduler that stops the trial ends it in that ``tune.report``. The last
-    epoch's metrics go out with the test metrics instead: ASHA stops every trial that
-    reaches ``max_t``, and the trial's results would then never be reported."""
+    Tune, once per epoch. ``tune.report`` waits for Tune to take the result, so a thread
+    of its own sends them: the run (and, on the Ray engine, the driver's event relay) goes
+    on meanwhile. A scheduler that stops the trial ends it there, and Tune then ends the
+    trial's process. The last epoch's metrics go out with the test metrics instead (after
+    ``close``): ASHA stops every trial that reaches ``max_t``, and the trial's results
+    would then never be reported."""
 
     def __init__(self, inner, prediction_head: str, epochs: int):
         self.inner, self.head, self.epochs, self.last = inner, prediction_head, epochs, None
         self.reported = 0
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._send, name="gblend-tune-reports", daemon=True)
+        self._thread.start()
+
+    def _send(self) -> None:
+        while (metrics := self._queue.get()) is not None:
+            tune.report(metrics)
+
+    def close(self) -> None:
+        """Every epoch's report sent (or the trial stopped): the final report may follow."""
+        self._queue.put(None)
+        self._thread.join()
 
     def on_resume(self, epoch: int, history: list[dict], rounds: list[dict]) -> None:
         if history:
@@ -137,7 +153,7 @@ class _TuneEpochs:
             self.reported = int(record["epoch"])
             self.last = epoch_metrics(record, self.head)
             if self.reported < self.epochs:
-                tune.report(dict(self.last))
+                self._queue.put(dict(self.last))
 
     def on_round(self, record: dict) -> None:
         if self.inner is not None:
@@ -174,6 +190,7 @@ def run_trial(prepared, engine: str, metric: str | None = None) -> None:
         run = run_on_ray if engine == "ray" else run_inline
         results = run(prepared.spec, prepared.run, observer=observer, resume=prepared.resume)
     except Exception as err:
+        observer.close()
         cause = describe_failure(err)
         prepared.run.fail(cause, err)
         if isinstance(root_cause(err), OWN_FAILURES):
@@ -185,6 +202,7 @@ def run_trial(prepared, engine: str, metric: str | None = None) -> None:
         raise  # a lost node, a killed process: Tune retries the trial (it resumes its run)
     finally:
         _close_wandb()
+    observer.close()
     last = epoch_metrics(results["history"][-1], head) if results.get("history") else (observer.last or {})
     tune.report({**last, **final_test_metrics(results), "reused": 0})
 

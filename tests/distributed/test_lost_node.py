@@ -36,6 +36,8 @@ def _env(mark: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", MARK)}
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # several nodes: not Ray's single-node local mode
     return {**env, **FAST_HEALTH, MARK: mark, "RAY_AUTH_MODE": "disabled",
+            # a loaded 2-core machine can take longer than Ray's 30 s to register a raylet
+            "RAY_raylet_start_wait_time_s": "120",
             "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 
 
