@@ -68,17 +68,24 @@ def _name(sweep: dict, key: str, default: str) -> str:
     return section["name"]
 
 
+def _section(sweep: dict, key: str, choices: tuple[str, ...]) -> tuple[str, dict]:
+    """``sweep.<key>``'s name (one of ``choices``; the first, the default, takes no
+    options) and its options."""
+    name = _name(sweep, key, choices[0])
+    if name not in choices:
+        raise SearchError(f"sweep.{key}.name: expected one of {', '.join(choices)}, got {name!r}")
+    options = {k: v for k, v in (sweep.get(key) or {}).items() if k != "name"}
+    if name == choices[0] and options:
+        raise SearchError(f"sweep.{key}: {name} takes no options, got {sorted(options)}")
+    return name, options
+
+
 def searcher(sweep: dict, goal: tuple[str, str] | None, concurrent: int):
     """Tune's search algorithm for ``sweep.search`` (None: Tune's random/grid variant
     generator). Optuna and HyperOpt cannot expand a grid: with them the space is
     ``sample:`` only."""
-    name = _name(sweep, "search", "random")
-    if name not in SEARCHERS:
-        raise SearchError(f"sweep.search.name: expected one of {', '.join(SEARCHERS)}, got {name!r}")
-    options = {k: v for k, v in (sweep.get("search") or {}).items() if k != "name"}
+    name, options = _section(sweep, "search", SEARCHERS)
     if name == "random":
-        if options:
-            raise SearchError(f"sweep.search: random search takes no options, got {sorted(options)}")
         return None
     if sweep.get("grid") or sweep.get("cases"):
         raise SearchError(f"sweep.search: {name} searches the sample: section only; move the grid and cases "
@@ -101,13 +108,8 @@ def searcher(sweep: dict, goal: tuple[str, str] | None, concurrent: int):
 def scheduler(sweep: dict, goal: tuple[str, str] | None, epochs: int):
     """Tune's trial scheduler for ``sweep.scheduler`` (None: FIFO, every trial to the end).
     ASHA stops trials on the epoch count (``max_t`` defaults to ``train.epochs``)."""
-    name = _name(sweep, "scheduler", "fifo")
-    if name not in SCHEDULERS:
-        raise SearchError(f"sweep.scheduler.name: expected one of {', '.join(SCHEDULERS)}, got {name!r}")
-    options = {k: v for k, v in (sweep.get("scheduler") or {}).items() if k != "name"}
+    name, options = _section(sweep, "scheduler", SCHEDULERS)
     if name == "fifo":
-        if options:
-            raise SearchError(f"sweep.scheduler: fifo takes no options, got {sorted(options)}")
         return None
     unknown = set(options) - set(_ASHA_KEYS)
     if unknown:
