@@ -59,12 +59,13 @@ def stable_resources() -> dict[str, float]:
     return {STABLE: 0.001} if ray.cluster_resources().get(STABLE, 0.0) > 0 else {}
 
 
-def local_cpus(cpus_wanted: float, cores: int | None = None) -> int:
-    """Logical CPUs of a local cluster for a run that asks for ``cpus_wanted``: at least
-    the machine's cores; more only with a warning that names the settings."""
+def local_cpus(cpus_wanted: float, cores: int | None = None, runs: int = 1) -> int:
+    """Logical CPUs of a local cluster for ``runs`` runs at once that ask for
+    ``cpus_wanted`` together: at least the machine's cores; more, for one run, only with
+    a warning that names the settings (runs at once share the cores by design)."""
     cores = cores or os.cpu_count() or 1
     cpus = max(cores, math.ceil(cpus_wanted))
-    if cpus_wanted > cores:
+    if cpus_wanted / max(runs, 1) > cores:
         logger.warning("this run asks for %g logical CPUs (trainer.num_workers x trainer.resources_per_worker.CPU "
                        "+ a probe trial per head x probes.resources.CPU) on a machine with %d cores: the local "
                        "cluster gets %d logical CPUs and they share the cores; lower those settings (fractions such "
@@ -72,9 +73,10 @@ def local_cpus(cpus_wanted: float, cores: int | None = None) -> int:
     return cpus
 
 
-def connect(cpus_wanted: float = 0.0) -> None:
+def connect(cpus_wanted: float = 0.0, runs: int = 1) -> None:
     """Join ``RAY_ADDRESS``'s cluster, or start a local one with at least ``cpus_wanted``
-    logical CPUs. A no-op when Ray is already initialised (tests, notebooks).
+    logical CPUs (for ``runs`` runs at once). A no-op when Ray is already initialised
+    (tests, notebooks).
 
     A local cluster's processes are marked, and a reaper (``reaper.py``) ends them when
     this process dies, however it dies: nothing of the run outlives its driver. On a
@@ -84,7 +86,7 @@ def connect(cpus_wanted: float = 0.0) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
         return
-    cpus = local_cpus(cpus_wanted)
+    cpus = local_cpus(cpus_wanted, runs=runs)
     mark = uuid.uuid4().hex
     os.environ[MARK_ENV] = mark  # inherited by every process the local cluster starts
     env = {k: v for k, v in os.environ.items() if k != MARK_ENV}

@@ -23,8 +23,9 @@ from ..storage.location import Location
 def ray_output(log: Location | None) -> Iterator[None]:
     """Send Ray's own output — the workers' forwarded stdout and stderr (their logs and
     tracebacks) and the driver-side ``ray`` loggers — to the file ``log`` (appended)
-    instead of the terminal, for the time of the block; ``log=None`` leaves it on the
-    terminal (``--verbose``). The product's own lines are printed by the driver and are
+    instead of the terminal, for the time of the block (the workers' output stays off
+    the terminal after it: late lines go on to a local ``log``); ``log=None`` leaves it
+    on the terminal (``--verbose``). The product's own lines are printed by the driver and are
     not affected."""
     if log is None:
         yield
@@ -44,10 +45,9 @@ def ray_output(log: Location | None) -> Iterator[None]:
             logger.removeHandler(h)
         logger.addHandler(handler)
         swapped.append((logger, olds))
-    dispatcher, printers = _worker_log_dispatcher(), []
+    dispatcher = _worker_log_dispatcher()
     if dispatcher is not None:
         with dispatcher._lock:
-            printers = [pair for pair in dispatcher.handlers if pair[0] == "ray_print_logs"]
             dispatcher.handlers = [pair for pair in dispatcher.handlers if pair[0] != "ray_print_logs"]
         dispatcher.add_handler("gblend_run_log", functools.partial(_write_worker_lines, sink))
     try:
@@ -59,9 +59,11 @@ def ray_output(log: Location | None) -> Iterator[None]:
             log.write_bytes(staged.read_bytes())
         raise
     if dispatcher is not None:
+        # Workers' last lines (an actor's flush as it is torn down) can arrive after the
+        # run ended: they go on to the log, never onto the terminal below the result line.
         dispatcher.remove_handler("gblend_run_log")
-        with dispatcher._lock:
-            dispatcher.handlers.extend(printers)
+        if local is not None:
+            dispatcher.add_handler("gblend_run_log", functools.partial(_append_worker_lines, local))
     for logger, olds in swapped:
         logger.removeHandler(handler)
         for h in olds:
@@ -91,3 +93,8 @@ def _write_worker_lines(sink, data: dict) -> None:
         sink.flush()
     except ValueError:  # closed: output that arrives after the block ends
         pass
+
+
+def _append_worker_lines(path: Path, data: dict) -> None:
+    with open(path, "a", encoding="utf-8") as sink:
+        _write_worker_lines(sink, data)

@@ -107,11 +107,20 @@ def trial_overrides(config: dict) -> dict:
     return {**config.pop(_CASE, {}), **config}
 
 
+TrialDir = Callable[[dict], str]
+"""Where a trial's run directory goes, relative to the sweep's directory, from its overrides."""
+
+
 def trial_name(overrides: dict) -> str:
     """A readable, stable directory name for a trial's overrides."""
     text = ",".join(f"{k}={overrides[k]}" for k in sorted(overrides))
     digest = hashlib.sha1(text.encode()).hexdigest()[:6]
     return re.sub(r"[^A-Za-z0-9=,._-]+", "_", text)[:120] + "-" + digest
+
+
+def default_trial_dir(overrides: dict) -> str:
+    """``trials/<overrides>``: a sweep's trials side by side."""
+    return f"{TRIALS}/{trial_name(overrides)}"
 
 
 class _TuneEpochs:
@@ -164,15 +173,16 @@ class _TuneEpochs:
             self.inner.on_end(results)
 
 
-def sweep_trial(config: dict, prepare: PrepareRun, out: str, engine: str, metric: str | None = None) -> None:
-    """One trial: one whole run in ``OUT/trials/<overrides>/``. A trial whose run finished
+def sweep_trial(config: dict, prepare: PrepareRun, out: str, engine: str, metric: str | None = None,
+                trial_dir: TrialDir = default_trial_dir) -> None:
+    """One trial: one whole run in ``OUT/trials/<overrides>/`` (or where ``trial_dir`` says). A trial whose run finished
     before (a resumed sweep) reports its results without training; one that was
     interrupted, or that Tune retries, resumes its run from its last boundary
     checkpoint. Reports every epoch's validation metrics, then the test metrics (with the
     last epoch's validation metrics beside them, so that the sweep's ``metric`` is in
     every report; NaN for a trial that failed)."""
     overrides = trial_overrides(config)
-    run_trial(prepare(overrides, (resolve(out) / TRIALS / trial_name(overrides)).uri, True), engine, metric)
+    run_trial(prepare(overrides, (resolve(out) / trial_dir(overrides)).uri, True), engine, metric)
 
 
 def run_trial(prepared, engine: str, metric: str | None = None) -> None:
@@ -204,7 +214,7 @@ def run_trial(prepared, engine: str, metric: str | None = None) -> None:
         _close_wandb()
     observer.close()
     last = epoch_metrics(results["history"][-1], head) if results.get("history") else (observer.last or {})
-    tune.report({**last, **final_test_metrics(results), "reused": 0})
+    tune.report({**last, **final_test_metrics(results), "reused": 0, "seconds": float(results["seconds"])})
 
 
 def _close_wandb() -> None:
@@ -218,17 +228,19 @@ def _close_wandb() -> None:
             pass
 
 
-class _Lines(tune.Callback):
-    """The sweep's own terminal lines: one per finished or failed trial, with the count."""
+class TrialLines(tune.Callback):
+    """The sweep's own terminal lines: one per finished or failed trial, with the count
+    (``label`` names a trial from its overrides)."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, label: Callable[[dict], str] = trial_name, what: str = "sweep"):
         self.total, self.done, self.failed, self.stopped = total, 0, 0, 0
+        self.label, self.what = label, what
 
     def _say(self, trial, what: str) -> None:
         ended = self.done + self.failed + self.stopped
         stopped = f", {self.stopped} stopped" if self.stopped else ""
-        print(f"[sweep {ended}/{self.total}: {self.done} ok, {self.failed} failed{stopped}] "
-              f"{trial_name(trial_overrides(trial.config or {}))}: {what}", flush=True)
+        print(f"[{self.what} {ended}/{self.total}: {self.done} ok, {self.failed} failed{stopped}] "
+              f"{self.label(trial_overrides(trial.config or {}))}: {what}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if (trial.last_result or {}).get("failed"):
@@ -242,8 +254,10 @@ class _Lines(tune.Callback):
             self.stopped += 1
             self._say(trial, f"stopped early at epoch {(trial.last_result or {}).get('epoch', '?')}")
             return
-        self._say(trial, ", ".join(f"test {k[5:]} {100 * v:.1f}%" for k, v in metrics.items()
-                                   if k != "test/loss") or "done")
+        seconds = (trial.last_result or {}).get("seconds")
+        took = " (finished before)" if (trial.last_result or {}).get("reused") else f"  ({seconds:.1f} s)" if seconds else ""
+        self._say(trial, (", ".join(f"test {k[5:]} {100 * v:.1f}%" for k, v in metrics.items()
+                                    if k != "test/loss") or "done") + took)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed += 1
@@ -298,11 +312,14 @@ def check_sweep(sweep: dict, epochs: int) -> tuple[dict, tuple[str, str] | None]
 
 
 def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, per_trial: dict[str, float],
-              epochs: int, resume: bool = False, overwrite: bool = False, verbose: int = 0) -> list[dict]:
+              epochs: int, resume: bool = False, overwrite: bool = False, verbose: int = 0,
+              trial_dir: TrialDir = default_trial_dir, lines: TrialLines | None = None) -> list[dict]:
     """Run (or resume) the sweep; write ``OUT/sweep.json``; return one row per trial (the
     best by the sweep's metric marked ``best``). ``per_trial`` is what one trial's run
     holds at once (its trainer and probe trials on the Ray engine, its process on the
-    inline one); ``epochs`` is the runs' ``train.epochs`` (ASHA's default ``max_t``)."""
+    inline one); ``epochs`` is the runs' ``train.epochs`` (ASHA's default ``max_t``).
+    ``trial_dir`` places each trial's run directory, ``lines`` prints its terminal lines
+    (a compare's runs are trials too: ``interfaces.compare``)."""
     import ray
 
     out = resolve(out)
@@ -316,10 +333,11 @@ def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, per_tria
     # runs cannot starve each other as long as `concurrent` runs fit in the cluster.
     resources = dict(per_trial) if engine == "inline" else {"CPU": 0.001, **stable_resources()}
     trainable = tune.with_resources(
-        tune.with_parameters(sweep_trial, prepare=prepare, out=out.uri, engine=engine, metric=metric), resources)
+        tune.with_parameters(sweep_trial, prepare=prepare, out=out.uri, engine=engine, metric=metric,
+                             trial_dir=trial_dir), resources)
     storage = out / TUNE
     path = (storage / EXPERIMENT).path
-    lines = _Lines(trial_count(sweep))
+    lines = lines or TrialLines(trial_count(sweep))
     if resume and tune.Tuner.can_restore(path, storage_filesystem=storage.fs):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False, storage_filesystem=storage.fs)
@@ -341,7 +359,7 @@ def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, per_tria
     rows = []
     for result in grid:
         overrides = trial_overrides(result.config or {})
-        run = RunDir(out / TRIALS / trial_name(overrides))
+        run = RunDir(out / trial_dir(overrides))
         metrics = result.metrics or {}
         failed = result.error is not None or bool(metrics.get("failed"))
         tested = {k: v for k, v in metrics.items() if k.startswith("test/")}

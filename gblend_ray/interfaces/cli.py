@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--seeds", type=int, default=3, help="number of seeds: 0..N-1 (default 3)")
     cmp_.add_argument("--out", required=True)
     cmp_.add_argument("--inline", action="store_true", help="run in this process, without Ray")
+    cmp_.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                      help="runs at once on Ray (default: one per core on a local cluster, what fits on a given one)")
     _lifecycle(cmp_, "runs")
 
     swp = sub.add_parser("sweep", help="a Ray Tune sweep of whole runs over a search space")
@@ -193,7 +195,7 @@ def _cmd_run(args, argv: list[str]) -> int:
     from .experiment import open_run
 
     spec, dataset = _load(args)
-    prepared = open_run(spec, args.out, resume=args.resume, overwrite=args.overwrite)
+    prepared = open_run(spec, args.out, resume=args.resume, overwrite=args.overwrite, verbose=args.verbose)
     if prepared.claim == "finished":
         result = prepared.results()
         print(f"{result['method']}: already finished in {prepared.run.uri}: test {describe(result['test'])} "
@@ -221,19 +223,13 @@ def _cmd_compare(args, argv: list[str]) -> int:
     for m in methods:
         check_against_dataset(dataclasses.replace(spec, method=m), list(dataset.modalities))
     prepared = prepare_runs(spec, methods, list(range(args.seeds)), args.out, resume=args.resume,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, verbose=args.verbose)
     began = time.perf_counter()
-    started = []
-
-    def run(p) -> dict:
-        started.append(p.run.location)
-        return _one_run(p, dataset, args.inline)
-
     try:
-        with _ray_log(resolve(args.out), args.verbose, args.inline, spec, dataset):
-            summary = compare(prepared, args.out, run, on_failure=lambda p, err: str(err))
+        summary = _run_compare(args, spec, dataset, prepared, compare)
     except KeyboardInterrupt:
-        print(_interrupted("the compare", started[-1:], argv), file=sys.stderr)
+        print(_interrupted("the compare", [p.run.location for p in prepared if not p.run.exists("results.json")][:3],
+                           argv), file=sys.stderr)
         return EXIT_INTERRUPTED
     print()
     print(format_table(summary))
@@ -243,6 +239,36 @@ def _cmd_compare(args, argv: list[str]) -> int:
     if failed:
         raise RunFailed(f"{failed} of {len(prepared)} runs failed (each run's error.txt says why)")
     return EXIT_OK
+
+
+def _run_compare(args, spec, dataset, prepared, compare, chosen: dict | None = None) -> dict:
+    """A compare's runs: one after another in this process with ``--inline``; on Ray as
+    concurrent trials, as many at once as the cluster holds (``--max-concurrent``; a
+    local cluster runs one per core)."""
+    if args.inline:
+        return compare(prepared, args.out, lambda p: _one_run(p, dataset, True), on_failure=lambda p, err: str(err))
+    from ..distributed.cluster import connect
+    from ..distributed.ray_runner import resources_for
+    from ..distributed.sweep import concurrent_trials
+    from .compare import read_back, run_concurrently
+
+    heads = len(dataset.modalities) + 1
+    per_run: dict[str, float] = {}
+    for p in prepared:  # the most any of its runs holds at once (G-Blend's probe trials)
+        for k, v in resources_for(p.spec, heads).items():
+            per_run[k] = max(per_run.get(k, 0.0), v)
+    wanted = args.max_concurrent or (None if os.environ.get("RAY_ADDRESS") else os.cpu_count() or 1)
+    if wanted:
+        connect(cpus_wanted=per_run.get("CPU", 0.0) * min(wanted, len(prepared)), runs=min(wanted, len(prepared)))
+    else:
+        connect()
+    import ray
+
+    concurrent = min(len(prepared), wanted or concurrent_trials({}, per_run, ray.cluster_resources()))
+    with _ray_log(resolve(args.out), args.verbose, False):
+        run_concurrently(prepared, spec, args.out, per_run=per_run, concurrent=concurrent, chosen=chosen,
+                         verbose=args.verbose)
+        return compare(prepared, args.out, read_back, log=lambda line: None, on_failure=lambda p, err: str(err))
 
 
 def _cmd_sweep(args, argv: list[str]) -> int:

@@ -11,7 +11,7 @@ go on.
 
 from __future__ import annotations
 
-import copy
+import functools
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -19,28 +19,77 @@ from pathlib import Path
 from ..core.metrics import LABELS, headline
 from ..core.spec import RunSpec
 from ..storage.location import Location, resolve
-from .experiment import PreparedRun, open_run
+from ..storage.rundir import ERROR, RESULTS
+from .config import spec_to_dict
+from .experiment import PreparedRun, open_run, prepare_trial, trial_spec
 
 RunFn = Callable[[PreparedRun], dict]
 """Runs a prepared run that is not finished; returns its results (raises if it failed)."""
 
 
+def run_path(method: str, seed: int) -> str:
+    """A compare run's directory, relative to the compare's: ``<method>/seed<k>``."""
+    return f"{method.replace(':', '_')}/seed{seed}"
+
+
 def run_dir(out: str | Path | Location, method: str, seed: int) -> Location:
-    return resolve(out) / method.replace(":", "_") / f"seed{seed}"
+    return resolve(out) / run_path(method, seed)
+
+
+def run_overrides(method: str, seed: int, chosen: dict[str, dict] | None = None) -> dict:
+    """A compare run's dotted overrides of the base config: its method's chosen
+    hyperparameters (``compare --tune``), its method and its seed."""
+    return {**(chosen or {}).get(method, {}), "method": method, "seed": seed}
+
+
+def _trial_path(overrides: dict) -> str:
+    return run_path(overrides["method"], overrides["seed"])
+
+
+def _trial_label(overrides: dict) -> str:
+    return f"{overrides['method']:<16} seed {overrides['seed']}"
+
+
+def group_of(spec: RunSpec, out: str | Path | Location) -> str:
+    """One W&B group per compare, as a sweep's runs share theirs."""
+    return spec.tracking.group or resolve(out).name
 
 
 def prepare_runs(spec: RunSpec, methods: list[str], seeds: list[int], out: str | Path | Location, *,
-                 resume: bool = False, overwrite: bool = False) -> list[PreparedRun]:
-    """Claim every (method, seed)'s run directory (``experiment.open_run``), in order."""
-    prepared = []
-    for method in methods:
-        for seed in seeds:
-            s = copy.deepcopy(spec)
-            s.method, s.seed = method, seed
-            # one W&B group per compare, as a sweep's runs share theirs
-            s.tracking.group = s.tracking.group or resolve(out).name
-            prepared.append(open_run(s, run_dir(out, method, seed), resume=resume, overwrite=overwrite))
-    return prepared
+                 resume: bool = False, overwrite: bool = False, verbose: bool = False,
+                 chosen: dict[str, dict] | None = None) -> list[PreparedRun]:
+    """Claim every (method, seed)'s run directory (``experiment.open_run``), in order;
+    ``chosen`` gives a method's hyperparameters as dotted overrides."""
+    base = spec_to_dict(spec)
+    return [open_run(trial_spec(base, run_overrides(method, seed, chosen), group_of(spec, out)),
+                     run_dir(out, method, seed), resume=resume, overwrite=overwrite, verbose=verbose)
+            for method in methods for seed in seeds]
+
+
+def run_concurrently(prepared: list[PreparedRun], spec: RunSpec, out: str | Path | Location, *,
+                     per_run: dict[str, float], concurrent: int, chosen: dict[str, dict] | None = None,
+                     verbose: bool = False) -> None:
+    """On Ray, every prepared run as a trial of one Tune experiment (``OUT/tune/``), as
+    many at once as ``concurrent``: a compare is a sweep whose cases are its (method,
+    seed) pairs. Each trial trains its run in its own directory (or reads back one that
+    finished before), so ``compare`` then reads every result from there in order, and
+    ``summary.json`` is what a sequential compare writes. One line per finished run."""
+    from ..distributed.sweep import TrialLines, run_sweep
+
+    cases = [run_overrides(p.spec.method, p.spec.seed, chosen) for p in prepared]
+    sweep = {"cases": cases, "engine": "ray", "max_concurrent_trials": concurrent}
+    run_sweep(sweep, functools.partial(prepare_trial, base=spec_to_dict(spec), group=group_of(spec, out)), out,
+              per_trial=per_run, epochs=spec.train.epochs, overwrite=True, verbose=1 if verbose else 0,
+              trial_dir=_trial_path, lines=TrialLines(len(cases), label=_trial_label, what="compare"))
+
+
+def read_back(p: PreparedRun) -> dict:
+    """A run's results from its directory (after ``run_concurrently``); raises with the
+    first line of its ``error.txt`` when it did not finish."""
+    if p.run.exists(RESULTS):
+        return p.results()
+    cause = p.run.location.join(ERROR).read_text().strip().splitlines()[:1] if p.run.exists(ERROR) else []
+    raise RuntimeError(cause[0] if cause else f"{p.run.uri} did not finish")
 
 
 def compare(prepared: list[PreparedRun], out: str | Path | Location, run: RunFn,
@@ -55,8 +104,9 @@ def compare(prepared: list[PreparedRun], out: str | Path | Location, run: RunFn,
     metrics: dict[str, str] = {}
     failed: dict[str, list[int]] = {}
     no_estimate: dict[str, list[int]] = {}
-    for p in prepared:
+    for done, p in enumerate(prepared, 1):
         method, seed = p.spec.method, p.spec.seed
+        count = f"[{done}/{len(prepared)}" + (f", {sum(map(len, failed.values()))} failed] " if failed else "] ")
         results.setdefault(method, [])
         if p.claim == "finished":
             result, note = p.results(), "finished before"
@@ -67,7 +117,8 @@ def compare(prepared: list[PreparedRun], out: str | Path | Location, run: RunFn,
                 if on_failure is None:
                     raise
                 failed.setdefault(method, []).append(seed)
-                log(f"{method:<16} seed {seed}: FAILED: {on_failure(p, err)}")
+                log(f"[{done}/{len(prepared)}, {sum(map(len, failed.values()))} failed] "
+                    f"{method:<16} seed {seed}: FAILED: {on_failure(p, err)}")
                 continue
             note = f"{result['seconds']:.1f} s"
         metric = headline(result["test"])[0]
@@ -77,7 +128,7 @@ def compare(prepared: list[PreparedRun], out: str | Path | Location, run: RunFn,
         if estimate.get("status") == "none":
             no_estimate.setdefault(method, []).append(seed)
         label = f"; {estimate['label']}" if estimate.get("label") else ""
-        log(f"{method:<16} seed {seed}: test {LABELS[metric]} {100 * results[method][-1]:.1f}%  ({note}{label})")
+        log(f"{count}{method:<16} seed {seed}: test {LABELS[metric]} {100 * results[method][-1]:.1f}%  ({note}{label})")
     summary: dict[str, dict] = {}
     for method, accs in results.items():
         summary[method] = {

@@ -65,11 +65,12 @@ class PreparedRun:
 
 
 def open_run(spec: RunSpec, where: str | Path | RunDir, *, resume: bool = False, overwrite: bool = False,
-             progress: bool = True) -> PreparedRun:
+             progress: bool = True, verbose: bool = False) -> PreparedRun:
     """Claim ``where`` for ``spec`` (``RunDir.claim``: raises ``RunDirError`` when the
     directory holds another run, or this one unfinished without ``resume``), record the
     run's identity and ``config.yaml``, and make its observers: its tracker (the mirror,
-    W&B) and, unless ``progress`` is off, its progress lines."""
+    W&B) and, unless ``progress`` is off, its progress (a bar on a terminal; a line per
+    epoch too when ``verbose``)."""
     from .progress import ProgressPrinter
     from .tracking import RunTracker
 
@@ -86,18 +87,25 @@ def open_run(spec: RunSpec, where: str | Path | RunDir, *, resume: bool = False,
     (run / ERROR).remove()  # an earlier attempt's failure
     observers: list[RunObserver] = [RunTracker(run, spec.tracking, run_name(spec), config)]
     if progress:
-        observers.append(ProgressPrinter(run_name(spec), spec.train.epochs))
+        observers.append(ProgressPrinter(run_name(spec), spec.train.epochs, every_epoch=verbose))
     return PreparedRun(spec, run, claim, Observers(*observers))
+
+
+def trial_spec(base: dict, overrides: dict, group: str) -> RunSpec:
+    """The spec of a sweep trial or a compare run: the base config with its dotted
+    overrides, in the W&B group ``group``. Built the same way in the driver and in the
+    trial, so both claim the run directory for the same config."""
+    raw = apply_overrides(copy.deepcopy(base), [f"{k}={yaml_value(v)}" for k, v in overrides.items()])
+    spec = spec_from_dict(raw)
+    return dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, group=group))
 
 
 def prepare_trial(overrides: dict, run_dir: str, resume: bool, *, base: dict, group: str) -> PreparedRun:
     """A sweep trial: the space's base config with the trial's dotted overrides; its runs
     are grouped under the sweep's name in W&B. ``resume`` (a resumed sweep) continues an
     unfinished trial's run."""
-    raw = apply_overrides(copy.deepcopy(base), [f"{k}={yaml_value(v)}" for k, v in overrides.items()])
-    spec = spec_from_dict(raw)
-    spec = dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, group=group))
-    return open_run(spec, run_dir, resume=resume, progress=False)  # the sweep's own lines speak for it
+    # the sweep's own lines speak for it
+    return open_run(trial_spec(base, overrides, group), run_dir, resume=resume, progress=False)
 
 
 def yaml_value(value) -> str:

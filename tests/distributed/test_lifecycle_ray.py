@@ -59,8 +59,23 @@ def test_a_relative_out_puts_every_file_in_the_run_directory(reference, ray_clus
     # nothing of the run landed in the Train workers' working directory
     session = Path(ray_cluster._private.worker._global_node.get_session_dir_path())
     assert not list(session.rglob("metrics.jsonl"))
-    # the terminal shows the product's lines; Ray's own output is in ray.log
-    assert "epoch 6/6" in done.stdout and "PlacementGroupCleaner" not in done.stdout + done.stderr
+    # the terminal shows the product's lines (a line per round, one for the finished run;
+    # no bar on a pipe); Ray's own output is in ray.log
+    shown = done.stdout.splitlines()
+    rounds = json.loads((ref / "trajectory.json").read_text())
+    assert [line.split(": weights")[0] for line in shown[:-1]] == [
+        f"[gblend:online-seed0] super-epoch {k + 1} from epoch {r['epoch']}" for k, r in enumerate(rounds)], shown
+    assert shown[-1].startswith("gblend:online: test top-1") and "(TrainController" not in done.stdout + done.stderr
+    assert "(TrainController" in (ref / "ray.log").read_text()
+
+
+def test_verbose_shows_every_epoch_and_rays_own_lines(av_overfit, on_cluster, tmp_path):
+    cfg = _config(tmp_path / "cfg.yaml", av_overfit, method="naive", train={"epochs": 2, "batch_size": 16,
+                                                                          "threads": 1})
+    done = gblend(["run", cfg, "--out", str(tmp_path / "run"), "--verbose"], cwd=tmp_path, env=on_cluster)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[naive-seed0] epoch 2/2" in done.stdout
+    assert "(TrainController" in done.stdout + done.stderr
 
 
 def _trained_at(run) -> list[int]:

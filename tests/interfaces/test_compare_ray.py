@@ -1,0 +1,53 @@
+"""``gblend compare`` on Ray: its (method, seed) runs are concurrent Tune trials, and what
+it writes is what the in-process compare writes for the same seeds."""
+
+import json
+
+import pytest
+import yaml
+
+from gblend_ray.cli import main
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _config(tmp_path, data_path):
+    cfg = {"data": {"path": str(data_path)},
+           "model": {"hidden_dim": 32, "feature_dim": 16, "fusion_hidden_dim": 32},
+           "train": {"epochs": 4, "batch_size": 32, "threads": 1},
+           "blend": {"warmup_epochs": 2, "super_epoch": 2}, "probes": {"resources": {"CPU": 0.5}},
+           "tracking": {"backend": "none"}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_concurrent_compare_on_ray_writes_the_summary_of_a_sequential_one(tmp_path, tiny_dataset, ray_cluster,
+                                                                          capsys):
+    cfg = _config(tmp_path, tiny_dataset)
+    args = ["compare", cfg, "--methods", "naive,gblend:online", "--seeds", "2"]
+    assert main([*args, "--out", str(tmp_path / "inline"), "--inline"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "ray"), "--max-concurrent", "2"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    sequential = json.loads((tmp_path / "inline" / "summary.json").read_text())
+    concurrent = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert list(concurrent) == list(sequential) == ["naive", "gblend:online"]
+    for method, s in sequential.items():
+        assert concurrent[method]["runs"] == pytest.approx(s["runs"], abs=1e-6), method
+        assert concurrent[method]["mean"] == pytest.approx(s["mean"], abs=1e-6)
+    for method in ("naive", "gblend_online"):
+        for seed in (0, 1):
+            assert (tmp_path / "ray" / method / f"seed{seed}" / "results.json").is_file()
+    # the runs were the trials of one Tune experiment
+    assert len([d for d in (tmp_path / "ray" / "tune" / "sweep").iterdir() if d.is_dir()]) == 4
+    # one line per finished run with the compare's count, then the table
+    done = [line for line in shown if line.startswith("[compare ")]
+    assert len(done) == 4 and done[-1].startswith("[compare 4/4: 4 ok, 0 failed]"), shown
+    assert any(line.startswith("gblend:online") and "±" in line for line in shown)
+
+    # a second compare into it reads every run back (nothing trains again)
+    assert main([*args, "--out", str(tmp_path / "ray"), "--resume"]) == 0
+    again = capsys.readouterr().out
+    assert again.count("(finished before)") == 4
+    assert json.loads((tmp_path / "ray" / "summary.json").read_text()) == concurrent
