@@ -22,6 +22,7 @@ validation split and its figures optimistic.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -92,7 +93,11 @@ def searcher(sweep: dict, goal: tuple[str, str] | None, concurrent: int):
                           "into fixed config values, or use search: {name: random}")
     metric, mode = goal
     if name == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
+
+        if not logging.getLogger("gblend_ray").isEnabledFor(logging.INFO):  # not --verbose
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per study and trial
 
         algo = OptunaSearch(metric=metric, mode=mode, **options)
     else:

@@ -28,8 +28,11 @@ them instead of training again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import math
 import queue
 import re
@@ -235,12 +238,20 @@ class TrialLines(tune.Callback):
     def __init__(self, total: int, label: Callable[[dict], str] = trial_name, what: str = "sweep"):
         self.total, self.done, self.failed, self.stopped = total, 0, 0, 0
         self.label, self.what = label, what
+        self.stream = sys.stdout  # the terminal, whatever Tune's own prints are sent to
+
+    def __getstate__(self) -> dict:  # Tune saves its callbacks with the experiment
+        return {k: v for k, v in self.__dict__.items() if k != "stream"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, stream=sys.stdout)
 
     def _say(self, trial, what: str) -> None:
         ended = self.done + self.failed + self.stopped
         stopped = f", {self.stopped} stopped" if self.stopped else ""
-        print(f"[{self.what} {ended}/{self.total}: {self.done} ok, {self.failed} failed{stopped}] "
-              f"{self.label(trial_overrides(trial.config or {}))}: {what}", flush=True)
+        self.stream.write(f"[{self.what} {ended}/{self.total}: {self.done} ok, {self.failed} failed{stopped}] "
+                          f"{self.label(trial_overrides(trial.config or {}))}: {what}\n")
+        self.stream.flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if (trial.last_result or {}).get("failed"):
@@ -355,7 +366,8 @@ def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, per_tria
                                       verbose=verbose, callbacks=[lines],
                                       failure_config=tune.FailureConfig(max_failures=RETRIES, fail_fast=False)),
         )
-    grid = tuner.fit()
+    with _tune_prints(quiet=not verbose):
+        grid = tuner.fit()
     rows = []
     for result in grid:
         overrides = trial_overrides(result.config or {})
@@ -381,6 +393,27 @@ def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, per_tria
         best["best"] = True
     (out / SWEEP_JSON).write_text(json.dumps(rows, indent=2, default=str))
     return rows
+
+
+class _ToLog(io.TextIOBase):
+    """A stream whose lines go to a logger (``ray.tune``: with ``ray_output``, the run's log)."""
+
+    def __init__(self, logger: logging.Logger):
+        self.logger, self._pending = logger, ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *done, self._pending = self._pending.split("\n")
+        for line in done:
+            if line.strip():
+                self.logger.info(line)
+        return len(text)
+
+
+def _tune_prints(quiet: bool):
+    """Tune prints its experiment's heading (searcher, scheduler, paths) to standard output
+    whatever its verbosity: in a quiet sweep those lines go to the log."""
+    return contextlib.redirect_stdout(_ToLog(logging.getLogger("ray.tune"))) if quiet else contextlib.nullcontext()
 
 
 def _trial_error(run: RunDir, error: BaseException | None) -> str:

@@ -97,10 +97,12 @@ def train_loop(config: dict) -> None:
         ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
     def report(epoch: int, weights, final: bool = False, results: dict | None = None) -> Checkpoint:
-        """Every rank calls this equally often (``ray.train.report`` is a barrier). The
-        final report's metrics (rank 0's are the ones Ray Train keeps) hold the test
-        metrics and every epoch's validation metrics and weights, so that the run's
-        ``ray.train.Result`` carries them (Ray Train v2 keeps only checkpointed reports)."""
+        """Every rank calls this equally often (``ray.train.report`` is a barrier). Each
+        report's metrics (rank 0's are the ones Ray Train keeps) hold its epoch's
+        validation metrics; the final one also the test metrics and every epoch's
+        validation metrics and weights (``history``), so that the run's
+        ``ray.train.Result`` carries them: Ray Train v2 keeps only the metrics of
+        checkpointed reports, and a checkpoint per epoch would cost a model's upload."""
         name = checkpoint_name(epoch, final)
         ckpt = None
         if rank == 0:
@@ -109,7 +111,11 @@ def train_loop(config: dict) -> None:
             staged = save_checkpoint(tempfile.mkdtemp(prefix="gblend-ckpt-"), model, optimizer, epoch, weights,
                                      history, results)
             ckpt = Checkpoint.from_directory(str(staged))
-        metrics = {"epoch": epoch, "final": final}
+        # the epoch's validation metrics and weights in force: every checkpoint in
+        # ``Result.best_checkpoints`` carries its epoch's (``val/<head>/top1``, ...)
+        last = history[-1] if history and history[-1].get("epoch") == epoch else {}
+        metrics = {"epoch": epoch, "final": final,
+                   **{k: v for k, v in last.items() if k.startswith(("val/", "weights/"))}}
         if results is not None:
             metrics.update({f"test/{k}": v for k, v in results["test"].items()})
             metrics["history"] = [{k: v for k, v in r.items() if k == "epoch" or k.startswith(("val/", "weights/"))}

@@ -2,6 +2,7 @@
 
     gblend run CONFIG.yaml --out DIR [--inline] [--resume | --overwrite] [--verbose] [--set key=value ...]
     gblend compare CONFIG.yaml --methods uni:video,naive,gblend:online --seeds 3 --out DIR [--resume | --overwrite]
+    gblend compare SPACE.yaml --tune --methods naive,gblend:online --seeds 3 --out DIR
     gblend sweep SPACE.yaml --out DIR [--resume | --overwrite] [--set key=value ...]
     gblend report DIR
     gblend make-synthetic OUT_DIR --preset av-overfit --seed 0
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--seeds", type=int, default=3, help="number of seeds: 0..N-1 (default 3)")
     cmp_.add_argument("--out", required=True)
     cmp_.add_argument("--inline", action="store_true", help="run in this process, without Ray")
+    cmp_.add_argument("--tune", action="store_true",
+                      help="first search each method's hyperparameters (the config's sweep: sample, num_samples, "
+                           "metric, mode, search), selected on validation; then rerun each method's best on every seed")
     cmp_.add_argument("--max-concurrent", type=int, default=None, metavar="N",
                       help="runs at once on Ray (default: one per core on a local cluster, what fits on a given one)")
     _lifecycle(cmp_, "runs")
@@ -218,27 +222,87 @@ def _cmd_run(args, argv: list[str]) -> int:
 def _cmd_compare(args, argv: list[str]) -> int:
     from .compare import compare, format_table, prepare_runs
 
-    spec, dataset = _load(args)
+    if args.tune:
+        from .config import load_config_with_sweep
+        from .tuning import check_tuning_space
+
+        spec, sweep = load_config_with_sweep(args.config, args.overrides)
+        sweep = check_tuning_space(sweep, args.config)
+        dataset = _dataset_for(spec)
+    else:
+        spec, dataset = _load(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         check_against_dataset(dataclasses.replace(spec, method=m), list(dataset.modalities))
-    prepared = prepare_runs(spec, methods, list(range(args.seeds)), args.out, resume=args.resume,
-                            overwrite=args.overwrite, verbose=args.verbose)
     began = time.perf_counter()
+    chosen, picked = None, None
     try:
-        summary = _run_compare(args, spec, dataset, prepared, compare)
+        if args.tune:
+            chosen = _tune_methods(args, spec, sweep, dataset, methods)
+            picked = {m: c["overrides"] for m, c in chosen.items() if c["overrides"] is not None}
+            methods = [m for m in methods if m in picked]
+        prepared = prepare_runs(spec, methods, list(range(args.seeds)), args.out, resume=args.resume,
+                                overwrite=args.overwrite, verbose=args.verbose, chosen=picked)
+        summary = _run_compare(args, spec, dataset, prepared, compare, picked) if prepared else {}
     except KeyboardInterrupt:
-        print(_interrupted("the compare", [p.run.location for p in prepared if not p.run.exists("results.json")][:3],
-                           argv), file=sys.stderr)
+        print(_interrupted("the compare", [], argv), file=sys.stderr)
         return EXIT_INTERRUPTED
+    if chosen is not None:
+        from .tuning import add_choices, format_choices
+
+        for m, c in chosen.items():
+            summary.setdefault(m, {"metric": c["metric"], "mean": None, "std": None, "runs": []})
+        summary = add_choices(summary, chosen)
+        (resolve(args.out) / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
     print(format_table(summary))
+    if chosen is not None:
+        print(f"\nchosen on {next(iter(chosen.values()))['metric']} (validation), then rerun on {args.seeds} seeds:")
+        print(format_choices(summary))
     print(f"\n{len(methods)} methods x {args.seeds} seeds in {time.perf_counter() - began:.0f} s; "
           f"wrote {resolve(args.out).uri}/summary.json")
     failed = sum(len(s.get("failed_seeds", [])) for s in summary.values())
     if failed:
         raise RunFailed(f"{failed} of {len(prepared)} runs failed (each run's error.txt says why)")
     return EXIT_OK
+
+
+def _tune_methods(args, spec, sweep: dict, dataset, methods: list[str]) -> dict:
+    """``compare --tune``'s searches, one per method (``tuning.tune_methods``), as Tune
+    sweeps: on Ray, or with ``--inline`` each trial in its own process."""
+    import functools
+
+    from ..distributed.cluster import connect
+    from ..distributed.ray_runner import resources_for
+    from ..distributed.sweep import check_sweep, run_sweep
+    from .tuning import tune_methods
+
+    sweep = {**sweep, "engine": "inline" if args.inline else sweep.get("engine", "ray")}
+    try:
+        check_sweep(sweep, spec.train.epochs)
+    except ValueError as err:
+        raise ConfigError(f"{args.config}: {err}") from None
+    heads = len(dataset.modalities) + 1
+    per_trial: dict[str, float] = {"CPU": 1.0}
+    if sweep["engine"] == "ray":
+        per_trial = {}
+        for m in methods:
+            for k, v in resources_for(dataclasses.replace(spec, method=m), heads).items():
+                per_trial[k] = max(per_trial.get(k, 0.0), v)
+    runs = sweep.get("max_concurrent_trials") or (os.cpu_count() or 1)
+    connect(cpus_wanted=per_trial.get("CPU", 0.0) * runs, runs=runs)
+    search = functools.partial(run_sweep, per_trial=per_trial, epochs=spec.train.epochs, resume=args.resume,
+                               overwrite=args.overwrite, verbose=1 if args.verbose else 0)
+    with _ray_log(resolve(args.out), args.verbose, inline=False):
+        return tune_methods(spec, sweep, methods, args.out, search)
+
+
+def _dataset_for(spec):
+    from ..data.loading import ensure_dataset
+
+    dataset = ensure_dataset(spec)
+    check_against_dataset(spec, list(dataset.modalities))
+    return dataset
 
 
 def _run_compare(args, spec, dataset, prepared, compare, chosen: dict | None = None) -> dict:
@@ -304,6 +368,9 @@ def _cmd_sweep(args, argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(_interrupted("the sweep", [], argv), file=sys.stderr)
         return EXIT_INTERRUPTED
+    from .tracking import log_sweep_summary
+
+    log_sweep_summary(out, rows, goal, base.tracking, group=out.name)
     failed = [r for r in rows if r["status"] == "failed"]
     stopped = sum(r["status"] == "stopped" for r in rows)
     print(f"\n{len(rows)} trials: {len(rows) - len(failed) - stopped} ok, "
@@ -362,12 +429,8 @@ def _check_trials(base, sweep: dict, modalities: list[str], source: str) -> None
 
 
 def _load(args) -> tuple:
-    from ..data.loading import ensure_dataset
-
     spec = load_config(args.config, args.overrides)
-    dataset = ensure_dataset(spec)
-    check_against_dataset(spec, list(dataset.modalities))
-    return spec, dataset
+    return spec, _dataset_for(spec)
 
 
 def _drop_inherited_wandb_service() -> None:

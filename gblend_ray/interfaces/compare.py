@@ -27,9 +27,14 @@ RunFn = Callable[[PreparedRun], dict]
 """Runs a prepared run that is not finished; returns its results (raises if it failed)."""
 
 
+def method_dir(method: str) -> str:
+    """A method's directory name (``gblend:online`` → ``gblend_online``)."""
+    return method.replace(":", "_")
+
+
 def run_path(method: str, seed: int) -> str:
     """A compare run's directory, relative to the compare's: ``<method>/seed<k>``."""
-    return f"{method.replace(':', '_')}/seed{seed}"
+    return f"{method_dir(method)}/seed{seed}"
 
 
 def run_dir(out: str | Path | Location, method: str, seed: int) -> Location:

@@ -345,9 +345,7 @@ class RunTracker:
                 id=ident,
                 resume="allow",
                 reinit="create_new",
-                settings=wandb.Settings(silent=True, show_info=False, show_warnings=False,
-                                        console="off", save_code=False, disable_git=True, init_timeout=300,
-                                        disable_code=True, x_save_requirements=False),
+                settings=_settings(wandb),
             )
             self._run.define_metric("epoch")
             self._run.define_metric("round/epoch")
@@ -379,6 +377,57 @@ class RunTracker:
         self._wandb_failed = True
         log.warning("W&B failed %s run %r (%s: %s); W&B logging is off for this run, "
                     "the local mirror in %s goes on", doing, self.name, type(exc).__name__, exc, self.run)
+
+
+def _settings(wandb):
+    return wandb.Settings(silent=True, show_info=False, show_warnings=False, console="off", save_code=False,
+                          disable_git=True, init_timeout=300, disable_code=True, x_save_requirements=False)
+
+
+def log_sweep_summary(out: Location, rows: list[dict], goal: tuple[str, str] | None, spec: TrackingSpec,
+                      group: str, kind: str = "sweep") -> None:
+    """A sweep's W&B summary: a run of its own in the sweep's group (job type ``kind``)
+    with every trial as a row of the ``trials`` table and the best trial by the sweep's
+    metric — its overrides, its validation value and its test metrics — in the run's
+    summary (``best/...``). Its files go to ``OUT/wandb``. A W&B failure is a warning."""
+    if spec.backend != "wandb" or not rows:
+        return
+    staging = None if out.local_path is not None else Path(tempfile.mkdtemp(prefix="gblend-wandb-"))
+    root = out.local_path if staging is None else staging
+    try:
+        import wandb
+
+        keys = sorted({k for r in rows for k in r["overrides"]})
+        tests = sorted({k for r in rows for k in r.get("test", {})})
+        metric = goal[0] if goal else None
+        columns = ["run_dir", "status", *keys, *([metric] if metric else []), *(f"test/{k}" for k in tests), "best"]
+        data = [[r["run_dir"], r["status"], *(_cell(r["overrides"].get(k)) for k in keys),
+                 *([_cell(r.get(metric))] if metric else []), *(_cell(r.get("test", {}).get(k)) for k in tests),
+                 bool(r.get("best"))] for r in rows]
+        root.mkdir(parents=True, exist_ok=True)
+        run = _init_retrying(wandb, project=spec.project, group=group, name=f"{group}-{kind}", job_type=kind,
+                             tags=[kind, "summary"], dir=str(root), mode=wandb_mode(spec.mode),
+                             id=hashlib.sha1(f"{out.uri}#{kind}".encode()).hexdigest()[:16], resume="allow",
+                             reinit="create_new", settings=_settings(wandb),
+                             config={"goal": list(goal) if goal else None, "trials": len(rows)})
+        run.log({"trials": wandb.Table(columns=columns, data=data)})
+        counts = {f"trials/{status}": sum(r["status"] == status for r in rows) for status in ("ok", "stopped", "failed")}
+        best = next((r for r in rows if r.get("best")), None)
+        if best is not None:
+            counts.update({"best/run_dir": best["run_dir"], **{f"best/{k}": v for k, v in best["overrides"].items()},
+                           **({f"best/{metric}": best.get(metric)} if metric else {}),
+                           **{f"best/test/{k}": v for k, v in best.get("test", {}).items()}})
+        run.summary.update(counts)
+        run.finish()
+        if staging is not None:
+            (out / WANDB).mkdir().upload_from(staging / WANDB)
+    except Exception as exc:  # tracking never fails a sweep
+        log.warning("W&B failed logging the %s summary of %s (%s: %s); sweep.json has it", kind, out.uri,
+                    type(exc).__name__, exc)
+
+
+def _cell(value):
+    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
 
 
 def _init_retrying(wandb, attempts: int = 12, pause_s: float = 2.5, **kwargs):

@@ -11,7 +11,7 @@ import yaml
 from gblend_ray.cli import main
 from gblend_ray.core.spec import RunSpec
 from gblend_ray.distributed.cluster import ResourceError, check_resources
-from gblend_ray.distributed.ray_runner import run_on_ray
+from gblend_ray.distributed.ray_runner import fit_on_ray, run_on_ray
 from gblend_ray.training.runner import run_inline
 
 
@@ -28,8 +28,16 @@ def _spec(path, **train):
 
 def test_one_worker_matches_the_in_process_runner_and_probes_overlap(ray_cluster, av_overfit, tmp_path):
     spec = _spec(av_overfit)
-    on_ray = run_on_ray(spec, tmp_path / "ray")
+    on_ray, result = fit_on_ray(spec, tmp_path / "ray")
     inline = run_inline(spec)
+    # Ray Train's Result: the final report's test and validation metrics and every epoch's
+    # history; each kept checkpoint with its epoch's validation metrics
+    assert result.metrics["test/top1"] == on_ray["test"]["top1"] and result.metrics["epoch"] == 8
+    assert [h["epoch"] for h in result.metrics["history"]] == list(range(1, 9))
+    assert result.metrics["val/fused/top1"] == on_ray["history"][-1]["val/fused/top1"]
+    boundary = {m["epoch"]: m for _, m in result.best_checkpoints}
+    assert boundary[6]["val/video/loss"] == on_ray["history"][5]["val/video/loss"]
+    assert boundary[6]["weights/fused"] == on_ray["history"][5]["weights/fused"]
     assert [r["epoch"] for r in on_ray["trajectory"]] == [0, 4, 6]
     for a, b in zip(on_ray["trajectory"], inline["trajectory"], strict=True):
         assert a["weights"] == pytest.approx(b["weights"], abs=1e-6)

@@ -96,7 +96,10 @@ def test_optuna_and_asha_stop_trials_early_and_the_best_is_chosen_on_validation(
         "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}})
     out = tmp_path / "sweep"
     assert main(["sweep", str(space), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed, errors = capsys.readouterr()
+    # the terminal has the sweep's lines, not Tune's experiment heading or Optuna's logs
+    assert "Configuration for experiment" not in printed + errors and "A new study" not in printed + errors
+    assert len(printed.strip().splitlines()) <= 6 + 3, printed
     rows = json.loads((out / "sweep.json").read_text())
     assert len(rows) == 6 and {r["status"] for r in rows} <= {"ok", "stopped"}
     stopped = [r for r in rows if r["status"] == "stopped"]

@@ -284,3 +284,31 @@ def test_spec_validation():
     with pytest.raises(ConfigError, match="tracking.mode"):
         spec_from_dict({"data": {"path": "x"}, "tracking": {"mode": "sometimes"}})
     assert TrackingSpec() == TrackingSpec(backend="wandb", project="gblend_ray", group=None, mode=None)
+
+
+def test_a_sweeps_wandb_summary_names_its_best_trial_and_tabulates_every_trial(tmp_path):
+    from gblend_ray.interfaces.tracking import log_sweep_summary
+    from gblend_ray.storage.location import resolve
+
+    rows = [{"overrides": {"optim.lr": 0.01}, "run_dir": "s/trials/a", "status": "ok", "val/top1": 0.61,
+             "test": {"top1": 0.58, "loss": 1.2}, "best": False},
+            {"overrides": {"optim.lr": 0.05}, "run_dir": "s/trials/b", "status": "ok", "val/top1": 0.66,
+             "test": {"top1": 0.63, "loss": 1.1}, "best": True},
+            {"overrides": {"optim.lr": 0.3}, "run_dir": "s/trials/c", "status": "stopped", "val/top1": 0.2,
+             "test": {}, "best": False}]
+    out = tmp_path / "s"
+    with pytest.MonkeyPatch.context() as mp:
+        offline_env(mp, tmp_path)
+        log_sweep_summary(resolve(out), rows, ("val/top1", "max"), TrackingSpec(), group="s")
+    (file,) = sorted(out.rglob("run-*.wandb"))
+    view = wandb_view(file)
+    assert view["run"].job_type == "sweep" and view["run"].run_group == "s"
+    summary = view["summary"]
+    assert summary["best/optim.lr"] == 0.05 and summary["best/val/top1"] == pytest.approx(0.66)
+    assert summary["best/test/top1"] == pytest.approx(0.63) and summary["best/run_dir"] == "s/trials/b"
+    assert (summary["trials/ok"], summary["trials/stopped"], summary["trials/failed"]) == (2, 1, 0)
+    (row,) = [r for r in view["rows"] if "trials/path" in r]
+    table = json.loads((file.parent / "files" / row["trials/path"]).read_text())
+    assert table["columns"] == ["run_dir", "status", "optim.lr", "val/top1", "test/loss", "test/top1", "best"]
+    assert [r[2] for r in table["data"]] == [0.01, 0.05, 0.3] and [r[-1] for r in table["data"]] == [False, True,
+                                                                                                     False]
