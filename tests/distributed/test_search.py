@@ -125,3 +125,35 @@ def test_optuna_and_asha_stop_trials_early_and_the_best_is_chosen_on_validation(
     (line,) = [line for line in md.splitlines() if line.startswith("Best trial by val/top1 (validation, last epoch)")]
     assert f"optim.lr={best['overrides']['optim.lr']:.4g}" in line and f"val/top1 {best['val/top1']:.4f}" in line
     assert f"Stopped early by the scheduler ({len(stopped)}, not failed)" in md
+
+
+def test_a_killed_sweep_with_a_searcher_resumes_to_its_budget(ray_cluster, av_overfit, tmp_path):
+    """An Optuna sweep killed after two of its four trials finished, then resumed: Tune
+    restores its experiment and the searcher's state, the finished trials are not run
+    again, and the sweep ends with its four trials, no more."""
+    import signal
+
+    from lifecycle import gblend
+
+    space = _space(tmp_path, av_overfit, {
+        "sample": {"optim.lr": {"loguniform": [0.005, 0.2]}}, "num_samples": 4, "engine": "inline",
+        "max_concurrent_trials": 1, "metric": "val/top1", "mode": "max", "search": {"name": "optuna", "seed": 0}})
+    out = tmp_path / "sweep"
+    env = {"RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+
+    def finished():
+        return sorted(out.glob("trials/*/results.json"))
+
+    killed = gblend(["sweep", str(space), "--out", str(out)], cwd=tmp_path, env=env,
+                    kill_when=lambda: len(finished()) >= 2)
+    assert killed.returncode == -signal.SIGKILL
+    kept = {p: p.stat().st_mtime_ns for p in finished()}
+    assert len(kept) >= 2 and list(out.glob("tune/sweep/searcher-state-*.pkl"))
+    resumed = gblend(["sweep", str(space), "--out", str(out), "--resume"], cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = json.loads((out / "sweep.json").read_text())
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), rows
+    assert len(list(out.glob("trials/*"))) == 4  # the budget, no trial more
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # not run again
+    assert len({r["overrides"]["optim.lr"] for r in rows}) == 4
+    assert sum(r["best"] for r in rows) == 1
