@@ -212,6 +212,10 @@ class ProbesSpec:
     worker and three probe trials fit on two cores."""
     max_concurrent: int | None = None
     """Probe trials running at once (default: one per head, k+1)."""
+    subset: float = 1.0
+    """Fraction of T the probes train on (T' and V unchanged): 1.0 is Algorithm 1 exactly;
+    less departs from it (the supplement notes the weights can be estimated on a subset).
+    One seeded subset per round, the same for every head's probe."""
 
 
 @dataclass

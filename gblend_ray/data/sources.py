@@ -7,6 +7,7 @@ per index tensor of an order it chooses, so the engine does not know which it ha
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,6 +34,37 @@ class BatchSource(Protocol):
     def __len__(self) -> int: ...
 
     def batches(self, order: Sequence[torch.Tensor], *, train: bool, epoch: int) -> Iterator[Batch]: ...
+
+
+@dataclass
+class SubsetSource:
+    """The samples at ``positions`` of ``parent``, as a source of their own (the probes'
+    part of T with ``probes.subset`` < 1): position i of an order is ``positions[i]`` of
+    the parent, so augmentation and clip decoding are the parent's."""
+
+    parent: BatchSource
+    positions: torch.Tensor
+
+    @property
+    def clips_per_sample(self) -> int:
+        return self.parent.clips_per_sample
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def batches(self, order: Sequence[torch.Tensor], *, train: bool, epoch: int) -> Iterator[Batch]:
+        return self.parent.batches([self.positions[index] for index in order], train=train, epoch=epoch)
+
+
+def seeded_subset(source: BatchSource, fraction: float, seed: int) -> BatchSource:
+    """``fraction`` of ``source``'s samples (at least one), drawn by ``seed``; the source
+    itself when ``fraction`` is 1."""
+    if fraction >= 1.0:
+        return source
+    n = len(source)
+    keep = max(1, math.ceil(fraction * n))
+    picked = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:keep]
+    return SubsetSource(source, torch.sort(picked).values)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from ..core.plan import FINETUNE, FUSED, Method, Segment, fixed_weights, lr_at, 
 from ..core.rounds import decide_round, estimation_summary
 from ..core.spec import RunSpec
 from ..data.loading import AnyDataset, RunData, prepare_data, select_modalities
-from ..data.sources import BatchSource
+from ..data.sources import BatchSource, seeded_subset
 from ..storage.rundir import RESULTS, TRAJECTORY, RunDir
 from .encoders import adopt_encoders, user_encoders
 from .engine import evaluate, make_optimizer, metrics_of, per_class_top1, predict, train_epochs
@@ -181,8 +181,10 @@ def run_head_probe(spec: RunSpec, model: MultiHeadNet, data: RunData, head: str,
                    probe_epochs: int) -> ProbeResult:
     """Algorithm 1 for one head from the checkpoint in ``model`` (trained in place: pass a
     copy), seeded by the run's seed, the boundary and the head, so every engine runs the
-    same probe."""
-    return run_probe(model, head, train=data.train, train_subset=data.train_subset, heldout=data.heldout,
+    same probe. With ``probes.subset`` < 1 it trains on that fraction of T, one subset per
+    boundary for every head."""
+    train = seeded_subset(data.train, spec.probes.subset, probe_seed(spec.seed, epoch, -1))
+    return run_probe(model, head, train=train, train_subset=data.train_subset, heldout=data.heldout,
                      optim=spec.optim, epochs=probe_epochs, start_epoch=epoch,
                      seed=probe_seed(spec.seed, epoch, head_index), metric=spec.blend.metric,
                      batch_size=spec.train.batch_size, lr_at=lr_schedule(spec))

@@ -31,9 +31,12 @@ class ProbeResult:
     started: float = 0.0
     ended: float = 0.0
     """Wall-clock start and end (``time.time()``), to see probes overlap."""
+    train_samples: int = 0
+    """Samples of T the probe trained on (all of T unless ``probes.subset`` < 1)."""
 
     def info(self) -> dict[str, float]:
-        return {"probe_seconds": self.seconds, "probe_started": self.started, "probe_ended": self.ended}
+        return {"probe_seconds": self.seconds, "probe_started": self.started, "probe_ended": self.ended,
+                "probe_train_samples": self.train_samples}
 
 
 def probe_seed(seed: int, epoch: int, head_index: int) -> int:
@@ -79,4 +82,4 @@ def run_probe(
                  batch_size=batch_size, seed=seed, lr_at=lr_at)
     train_after, val_after = measure(model, head, train_subset, heldout, metric)
     return ProbeResult(head, Measurement(train_before, val_before, train_after, val_after),
-                       time.perf_counter() - began, started, time.time())
+                       time.perf_counter() - began, started, time.time(), len(train))

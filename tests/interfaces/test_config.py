@@ -229,6 +229,12 @@ def test_floor_out_of_range():
     assert "[0, 1]" in str(err)
 
 
+@pytest.mark.parametrize("subset", [0, 1.5, -0.1])
+def test_probes_subset_is_a_fraction_of_the_train_split(subset):
+    err = _fails(_raw(probes={"subset": subset}), "probes.subset")
+    assert "(0, 1]" in str(err)
+
+
 def test_choice_typo_suggests():
     err = _fails(_raw(optim={"name": "adm"}), "optim.name")
     assert "did you mean 'adam'" in str(err)

@@ -45,3 +45,42 @@ def test_accuracy_metric_measures_top1():
                   epochs=1, start_epoch=0, seed=0, metric="accuracy")
     for x in (r.measurement.train_before, r.measurement.val_after):
         assert 0.0 <= x <= 1.0 and (x * 20) == round(x * 20)
+
+
+def test_probes_subset_trains_every_probe_on_one_seeded_fraction_of_T(tiny_dataset):
+    """``probes.subset``: 1.0 is Algorithm 1 exactly (all of T, today's weights); 0.25
+    trains each round's probes on a quarter of T, the same quarter for every head."""
+    import math
+
+    from gblend_ray.core.spec import RunSpec
+    from gblend_ray.data.arrays import load_dataset
+    from gblend_ray.data.loading import prepare_data
+    from gblend_ray.data.sources import SubsetSource, seeded_subset
+    from gblend_ray.training.runner import run_inline
+
+    def spec(subset=None):
+        s = RunSpec(method="gblend:online", seed=0)
+        s.data.path = str(tiny_dataset)
+        s.model.hidden_dim, s.model.feature_dim, s.model.fusion_hidden_dim = 32, 16, 32
+        s.train.epochs, s.train.batch_size = 6, 32
+        s.blend.warmup_epochs, s.blend.super_epoch = 2, 2
+        if subset is not None:
+            s.probes.subset = subset
+        return s
+
+    default, exact, quarter = run_inline(spec()), run_inline(spec(1.0)), run_inline(spec(0.25))
+    train = len(prepare_data(spec(), load_dataset(tiny_dataset)).train)
+    assert [r["weights"] for r in exact["trajectory"]] == [r["weights"] for r in default["trajectory"]]
+    for r in exact["trajectory"]:
+        assert {h["probe_train_samples"] for h in r["heads"].values()} == {train}
+    for r in quarter["trajectory"]:
+        assert {h["probe_train_samples"] for h in r["heads"].values()} == {math.ceil(0.25 * train)}
+    assert [r["weights"] for r in quarter["trajectory"]] != [r["weights"] for r in exact["trajectory"]]
+    # the subset is drawn by the seed: the same samples again, distinct ones, all in T
+    data = prepare_data(spec(), load_dataset(tiny_dataset)).train
+    a, b = seeded_subset(data, 0.25, 7), seeded_subset(data, 0.25, 7)
+    assert isinstance(a, SubsetSource) and torch.equal(a.positions, b.positions)
+    assert len(set(a.positions.tolist())) == len(a) and int(a.positions.max()) < train
+    (inputs, targets), = a.batches([torch.tensor([0, 1])], train=True, epoch=0)
+    assert torch.equal(targets, data.targets[a.positions[:2]])
+    assert seeded_subset(data, 1.0, 7) is data

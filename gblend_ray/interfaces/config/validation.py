@@ -155,6 +155,8 @@ def validate(spec: RunSpec) -> None:
     p = spec.probes
     _check_resources("probes.resources", p.resources)
     _check_int_min("probes.max_concurrent", p.max_concurrent, 1, optional=True)
+    _check_range("probes.subset", p.subset, "a fraction of the train split in (0, 1] (1: all of T)",
+                 _is_number(p.subset) and 0 < p.subset <= 1)
 
     _check_nonempty("tracking.project", spec.tracking.project)
 
