@@ -76,7 +76,7 @@ def measure(name: str) -> str:
 
 
 def _block(name: str) -> re.Pattern:
-    return re.compile(rf"(<!-- table:{name} -->\n)(.*?)(<!-- /table:{name} -->)", re.S)
+    return re.compile(rf"(<!-- table:{name} -->\n)(.*?)(<!-- /table:{name} -->)", re.DOTALL)
 
 
 def in_readme(name: str, text: str) -> str | None:

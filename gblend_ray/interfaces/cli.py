@@ -235,7 +235,7 @@ def _cmd_compare(args, argv: list[str]) -> int:
     for m in methods:
         check_against_dataset(dataclasses.replace(spec, method=m), list(dataset.modalities))
     began = time.perf_counter()
-    chosen, picked = None, None
+    chosen, picked, prepared = None, None, []
     try:
         if args.tune:
             chosen = _tune_methods(args, spec, sweep, dataset, methods)
@@ -245,7 +245,8 @@ def _cmd_compare(args, argv: list[str]) -> int:
                                 overwrite=args.overwrite, verbose=args.verbose, chosen=picked)
         summary = _run_compare(args, spec, dataset, prepared, compare, picked) if prepared else {}
     except KeyboardInterrupt:
-        print(_interrupted("the compare", [], argv), file=sys.stderr)
+        unfinished = [p.run.location for p in prepared if not p.run.exists("results.json")]
+        print(_interrupted("the compare", unfinished[:3], argv), file=sys.stderr)
         return EXIT_INTERRUPTED
     if chosen is not None:
         from .tuning import add_choices, format_choices
@@ -273,7 +274,6 @@ def _tune_methods(args, spec, sweep: dict, dataset, methods: list[str]) -> dict:
     import functools
 
     from ..distributed.cluster import connect
-    from ..distributed.ray_runner import resources_for
     from ..distributed.sweep import check_sweep, run_sweep
     from .tuning import tune_methods
 
@@ -282,19 +282,26 @@ def _tune_methods(args, spec, sweep: dict, dataset, methods: list[str]) -> dict:
         check_sweep(sweep, spec.train.epochs)
     except ValueError as err:
         raise ConfigError(f"{args.config}: {err}") from None
-    heads = len(dataset.modalities) + 1
-    per_trial: dict[str, float] = {"CPU": 1.0}
-    if sweep["engine"] == "ray":
-        per_trial = {}
-        for m in methods:
-            for k, v in resources_for(dataclasses.replace(spec, method=m), heads).items():
-                per_trial[k] = max(per_trial.get(k, 0.0), v)
+    per_trial = (_most_per_run([dataclasses.replace(spec, method=m) for m in methods], dataset)
+                 if sweep["engine"] == "ray" else {"CPU": 1.0})
     runs = sweep.get("max_concurrent_trials") or (os.cpu_count() or 1)
     connect(cpus_wanted=per_trial.get("CPU", 0.0) * runs, runs=runs)
     search = functools.partial(run_sweep, per_trial=per_trial, epochs=spec.train.epochs, resume=args.resume,
                                overwrite=args.overwrite, verbose=1 if args.verbose else 0)
     with _ray_log(resolve(args.out), args.verbose, inline=False):
         return tune_methods(spec, sweep, methods, args.out, search)
+
+
+def _most_per_run(specs, dataset) -> dict[str, float]:
+    """The most any of these runs holds at once on Ray (G-Blend's probe trials beside its
+    trainer), per resource."""
+    from ..distributed.ray_runner import resources_for
+
+    most: dict[str, float] = {}
+    for spec in specs:
+        for k, v in resources_for(spec, len(dataset.modalities) + 1).items():
+            most[k] = max(most.get(k, 0.0), v)
+    return most
 
 
 def _dataset_for(spec):
@@ -312,15 +319,10 @@ def _run_compare(args, spec, dataset, prepared, compare, chosen: dict | None = N
     if args.inline:
         return compare(prepared, args.out, lambda p: _one_run(p, dataset, True), on_failure=lambda p, err: str(err))
     from ..distributed.cluster import connect
-    from ..distributed.ray_runner import resources_for
     from ..distributed.sweep import concurrent_trials
     from .compare import read_back, run_concurrently
 
-    heads = len(dataset.modalities) + 1
-    per_run: dict[str, float] = {}
-    for p in prepared:  # the most any of its runs holds at once (G-Blend's probe trials)
-        for k, v in resources_for(p.spec, heads).items():
-            per_run[k] = max(per_run.get(k, 0.0), v)
+    per_run = _most_per_run([p.spec for p in prepared], dataset)
     wanted = args.max_concurrent or (None if os.environ.get("RAY_ADDRESS") else os.cpu_count() or 1)
     if wanted:
         connect(cpus_wanted=per_run.get("CPU", 0.0) * min(wanted, len(prepared)), runs=min(wanted, len(prepared)))

@@ -2,6 +2,7 @@
 it writes is what the in-process compare writes for the same seeds."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -45,6 +46,10 @@ def test_concurrent_compare_on_ray_writes_the_summary_of_a_sequential_one(tmp_pa
     done = [line for line in shown if line.startswith("[compare ")]
     assert len(done) == 4 and done[-1].startswith("[compare 4/4: 4 ok, 0 failed]"), shown
     assert any(line.startswith("gblend:online") and "±" in line for line in shown)
+    # nothing but the product's lines: counted runs, rounds, the table (no Ray or Tune output)
+    product = re.compile(r"^(\[compare \d+/4: |\[gblend:online-seed\d\] super-epoch \d+ from epoch |method |naive |"
+                         r"gblend:online |2 methods x 2 seeds in |$)")
+    assert [line for line in shown if not product.match(line)] == [], shown
 
     # a second compare into it reads every run back (nothing trains again)
     assert main([*args, "--out", str(tmp_path / "ray"), "--resume"]) == 0
