@@ -57,15 +57,18 @@ def timed(fn, spec) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="search_spaces/quickstart.yaml")
-    parser.add_argument("--epochs", type=int, nargs=2, default=(5, 25), metavar=("SHORT", "LONG"))
+    parser.add_argument("--epochs", type=int, nargs=2, default=(5, 105), metavar=("SHORT", "LONG"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     base = load_config(args.config, ["method=naive", "tracking.backend=none", *args.overrides])
+    import logging
+
     import ray
 
-    from gblend_ray.distributed.cluster import connect
-
-    connect(cpus_wanted=1)
+    logging.getLogger("gblend_ray").setLevel(logging.ERROR)
+    # the workers' own output (Ray Train's reports and warnings) stays off the table
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False,
+             logging_level=logging.WARNING)
     a = assemble(base, None, "cpu")
     per_epoch = math.ceil(len(a.data.train) / base.train.batch_size)
     short, long = args.epochs
