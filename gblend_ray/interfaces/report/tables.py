@@ -15,6 +15,7 @@ import numpy as np
 from ...core.metrics import LABELS, headline
 from ...core.rounds import estimation_summary
 from ...storage.location import Location, resolve
+from .balancing import quantities, quantities_text
 from .runs import RunRecord, group_runs, is_gblend, method_kind
 
 # Table order (the paper's): baselines first, G-Blend last; other kinds sit in between.
@@ -39,7 +40,9 @@ def summarize(runs: list[RunRecord]) -> list[dict]:
     ``errors`` (first line of each failure), and for G-Blend what the rounds estimated
     (``core.rounds.estimation_summary`` of each ok run): ``rounds``, ``fallback_rounds``,
     ``safeguard_rounds`` (summed over seeds), ``no_estimate_seeds`` (seeds whose every
-    round fell back). With no ok run the numbers are None.
+    round fell back), and for a balancing method its per-step quantities, each averaged over
+    the epochs and seeds (``quantities``: ``{quantity: {modality: mean}}``, see
+    ``balancing.py``). With no ok run the numbers are None.
     """
     rows = []
     for (method, mods, setting), members in group_runs(runs).items():
@@ -78,6 +81,7 @@ def summarize(runs: list[RunRecord]) -> list[dict]:
             "fallback_rounds": sum(e["rounds"] - e["estimated"] for _, e in estimates),
             "safeguard_rounds": sum(e["safeguard_rewrote"] for _, e in estimates),
             "no_estimate_seeds": [seed for seed, e in estimates if e["status"] == "none"],
+            "quantities": quantities(ok),
         })
     # sorted() is stable, so groups of one kind keep their path order.
     return sorted(rows, key=lambda row: _KIND_RANK.get(method_kind(row["method"]), _OTHER_RANK))
@@ -140,13 +144,17 @@ def markdown(root: Path | Location, runs: list[RunRecord], rows: list[dict], sec
         f"{sum(not r.ok for r in runs)} failed)",
         "",
         f"Test {main_label} and {companion_label} of each method's prediction head, mean ± std (population) "
-        "over seeds. Weights: the final G-Blend (or learned, for uncertainty weighting) weight of each head.",
+        "over seeds. Weights: the final G-Blend (or learned, for uncertainty weighting) weight of each head. "
+        "Method quantities: a balancing method's per-step quantities, mean over epochs and seeds "
+        "(OGM-GE: ratio ρ, coefficient k, share of steps slowed; PMR: ρ and share of steps with the prototype "
+        "loss; AGM: κ and score; MMPareto: cosine, weight of the fused gradient, share of conflicting steps).",
         "",
     ]
     with_setting = any(row["setting"] for row in rows)
     md += ["| method | modalities | " + ("setting | " if with_setting else "")
-           + f"test {main_label} (%) | {companion_label} (%) | seeds ok/failed | weights | estimate |",
-           "|---|---|" + ("---|" if with_setting else "") + "---|---|---|---|---|"]
+           + f"test {main_label} (%) | {companion_label} (%) | seeds ok/failed | weights | estimate | "
+           "method quantities |",
+           "|---|---|" + ("---|" if with_setting else "") + "---|---|---|---|---|---|"]
     for row in rows:
         seeds = f"{row['n_ok']}/{row['n_failed']}" + (" FAILED" if row["n_failed"] else "")
         shown = is_gblend(row["method"]) or row["method"] == "uncertainty"
@@ -154,7 +162,7 @@ def markdown(root: Path | Location, runs: list[RunRecord], rows: list[dict], sec
         md.append(f"| {_md_cell(row['method'])} | {_md_cell(_mods_text(row['modalities']))} | "
                   + (f"{_md_cell(row['setting'])} | " if with_setting else "")
                   + f"{_pct(row['mean'], row['std'])} | {_pct(row['top5_mean'])} | {seeds} | {weights} | "
-                  f"{_md_cell(estimate_text(row))} |")
+                  f"{_md_cell(estimate_text(row))} | {_md_cell(quantities_text(row.get('quantities') or {}))} |")
     if left_out:
         md += ["", f"Left out: {len(left_out)} G-Blend run(s) without an estimate (every round fell back): "
                + ", ".join(f"{label(r.method, r.modalities)} seed {r.seed}" for r in left_out) + "."]
@@ -205,7 +213,7 @@ def write_csv(rows: list[dict], path: Path | Location) -> Path | Location:
             heads += [h for h in row["weights"] if h not in heads]
     fields = ["method", "modalities", "setting", "n_ok", "n_failed", "top1_mean", "top1_std", "top5_mean", "seeds",
               "top1_per_seed", "weights", *[f"weight_{h}" for h in heads], "failed_seeds", "errors", "rounds",
-              "fallback_rounds", "safeguard_rounds", "no_estimate_seeds"]
+              "fallback_rounds", "safeguard_rounds", "no_estimate_seeds", "quantities"]
     f = io.StringIO(newline="")
     # one string, written once: the report may go to object storage
     w = csv.DictWriter(f, fieldnames=fields)
@@ -232,6 +240,7 @@ def write_csv(rows: list[dict], path: Path | Location) -> Path | Location:
             "fallback_rounds": row["fallback_rounds"] if gb else "",
             "safeguard_rounds": row["safeguard_rounds"] if gb else "",
             "no_estimate_seeds": ";".join(str(s) for s in row["no_estimate_seeds"]),
+            "quantities": quantities_text(row.get("quantities") or {}),
         })
     resolve(path).write_text(f.getvalue())
     return path
