@@ -1,4 +1,6 @@
-"""The per-step math of four modality-balancing methods beside G-Blend, as functions on tensors.
+"""Four modality-balancing methods beside G-Blend: their per-step math as functions on
+tensors, and each method as a step rule of the engine's one loop (``OGMRule``, ``PMRRule``,
+``AGMRule``, ``MMParetoRule``; ``objective.py``), chosen by ``balancing_rule``.
 
 Each follows the authors' released code (named in its module), not BalanceBenchmark's
 re-implementations; where the paper and the code differ the module says which is followed.

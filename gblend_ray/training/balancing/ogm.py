@@ -133,7 +133,8 @@ class OGMRule(StepRule):
         self.alpha, self.ge, self.starts, self.ends, self.scores = alpha, ge, starts, ends, scores
         self.modalities = list(core.modalities)
         if scores == "linear":
-            layer = core.fusion.net[0] if len(core.fusion.net) == 1 else None
+            net = getattr(core.fusion, "net", None)
+            layer = net[0] if isinstance(net, nn.Sequential) and len(net) == 1 else None
             if not isinstance(layer, nn.Linear) or getattr(core.fusion, "uses_intermediate", True):
                 raise ValueError("balancing.ogm.scores 'linear' needs a linear late-fusion head "
                                  "(model.fusion: concat, model.fusion_hidden_dim: 0)")
