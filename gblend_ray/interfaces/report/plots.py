@@ -1,7 +1,7 @@
 """The report's plots, drawn on bare Agg figures (no pyplot state): the weight trajectory
 per head (the paper's Fig. 5a), train and validation error per head over epochs (Fig. 4),
 the per-class gain of the best multi-modal row over the best uni-modal one (Fig. 6), and a
-balancing method's per-epoch quantities (``balancing.py``).
+balancing method's per-epoch quantities (``tables.series``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ...storage.location import Location, resolve
-from .balancing import series as balancing_series
 from .runs import RunRecord
+from .tables import series as balancing_series
 
 
 def slug(method: str, mods: tuple[str, ...]) -> str:

@@ -1,7 +1,11 @@
 """The report's tables: one row per (method, modalities, setting) summarised over seeds,
 as ``report.md`` and ``report.csv``.
 
-Rows come in the paper's order: baselines first, G-Blend last, other kinds between.
+Rows come in the paper's order: baselines first, G-Blend last, other kinds between. A
+balancing method's row also shows its own per-step quantities, as the run's history logged
+them per epoch under the method's namespace (``ogm_ge/k/<modality>``, ``pmr/rho/<modality>``,
+``agm/kappa/<modality>``, ``mmpareto/cos/<modality>``, ...): each one's mean over the epochs
+and seeds (``quantities``); ``plots.plot_quantities`` draws them per epoch.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ...core.metrics import LABELS, headline
+from ...core.plan import BALANCING
 from ...core.rounds import estimation_summary
 from ...storage.location import Location, resolve
-from .balancing import quantities, quantities_text
 from .runs import RunRecord, group_runs, is_gblend, method_kind
 
 # Table order (the paper's): baselines first, G-Blend last; other kinds sit in between.
@@ -25,6 +29,61 @@ _OTHER_RANK = 3
 
 def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+# ------------------------------------------------------------------ balancing quantities
+
+_PERCENT = ("slowed", "proto_loss", "conflict", "clipped")
+"""Quantities that are a share of the epoch's steps (shown as %)."""
+
+
+def _split(key: str, namespace: str) -> tuple[str, str] | None:
+    """``(quantity, modality)`` of a history key in ``namespace`` (modality "" for a
+    quantity of the whole step, e.g. ``agm/clipped``), or None."""
+    parts = key.split("/")
+    if parts[0] != namespace or len(parts) not in (2, 3):
+        return None
+    return (parts[1], parts[2] if len(parts) == 3 else "")
+
+
+def series(runs: list[RunRecord]) -> dict[tuple[str, str], list[dict[int, float]]]:
+    """Per (quantity, modality): each run's value at every epoch of its history."""
+    out: dict[tuple[str, str], list[dict[int, float]]] = {}
+    for r in runs:
+        if not r.ok or method_kind(r.method) not in BALANCING:
+            continue
+        per_run: dict[tuple[str, str], dict[int, float]] = {}
+        for record in r.results.get("history") or []:
+            for key, value in record.items():
+                where = _split(key, method_kind(r.method))
+                if where is not None and isinstance(value, (int, float)):
+                    per_run.setdefault(where, {})[int(record.get("epoch", 0))] = float(value)
+        for where, by_epoch in per_run.items():
+            out.setdefault(where, []).append(by_epoch)
+    return out
+
+
+def quantities(runs: list[RunRecord]) -> dict[str, dict[str, float]]:
+    """Per quantity, per modality: the mean over every epoch of every ok run (seeds)."""
+    out: dict[str, dict[str, float]] = {}
+    for (q, m), per_run in series(runs).items():
+        values = [v for by_epoch in per_run for v in by_epoch.values()]
+        if values:
+            out.setdefault(q, {})[m] = float(np.mean(values))
+    return out
+
+
+def quantities_text(q: dict[str, dict[str, float]]) -> str:
+    """``k [video,audio]=[0.42,1.00]; slowed [video,audio]=[97%,0%]``; "" without any."""
+    parts = []
+    for name, by_modality in q.items():
+        shown = [f"{100 * v:.0f}%" if name in _PERCENT else f"{v:.3g}" for v in by_modality.values()]
+        mods = [m for m in by_modality if m]
+        parts.append(f"{name} [{','.join(mods)}]=[{','.join(shown)}]" if mods else f"{name} {shown[0]}")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------ rows
 
 
 def summarize(runs: list[RunRecord]) -> list[dict]:
