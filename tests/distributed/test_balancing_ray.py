@@ -60,3 +60,32 @@ def test_two_ddp_workers_end_with_identical_parameters_on_mp4_media(ray_cluster,
     })
     _check(results, method, ["video", "audio"])
     assert {"video_top1", "video_top5"} <= set(results["test"])
+
+
+@pytest.fixture(scope="module")
+def three_modalities(tmp_path_factory):
+    import numpy as np
+
+    from gblend_ray.data.arrays import save_dataset
+
+    rng = np.random.default_rng(1)
+    n, c = 240, 4
+    labels = np.arange(n) % c
+    arrays = {m: rng.standard_normal((c, d))[labels] * s + rng.standard_normal((n, d))
+              for m, d, s in (("video", 6, 2.0), ("flow", 8, 1.0), ("audio", 32, 0.3))}
+    split = np.array(["train"] * 160 + ["val"] * 20 + ["test"] * 60)
+    return save_dataset(tmp_path_factory.mktemp("three") / "ds", arrays, labels, [f"c{i}" for i in range(c)],
+                        split=split)
+
+
+@pytest.mark.parametrize("method", ["ogm_ge", "pmr", "agm", "mmpareto"])
+def test_three_modalities_on_two_ddp_workers(ray_cluster, three_modalities, tmp_path, method):
+    """M > 2 under DDP: OGM-GE's and PMR's mean-of-the-others ratios, AGM's 2^3 − 1 masked
+    passes, MMPareto per encoder, the same on both ranks."""
+    results = _run(tmp_path, {
+        "data": {"path": str(three_modalities)}, "method": method,
+        "model": {"hidden_dim": 16, "feature_dim": 8, "fusion_hidden_dim": 16},
+        "train": {"epochs": 1, "batch_size": 16, "threads": 1},
+        "trainer": {"num_workers": 2}, "tracking": {"backend": "none"},
+    })
+    _check(results, method, ["video", "flow", "audio"])
