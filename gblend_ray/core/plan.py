@@ -17,6 +17,9 @@ Methods (DESIGN §2, the paper's baselines):
   Gal and Cipolla, CVPR 2018).
 - ``early_stop``: naive late fusion stopped when the fused head's loss on V stops
   improving (``baselines.patience``); the best epoch's model is kept.
+- ``ogm_ge``, ``ogm``, ``pmr``, ``agm``, ``mmpareto``: the modality-balancing methods
+  (``training/balancing``), each its own step rule inside the engine's one loop. They train
+  the fused head's loss (MMPareto: every head's, at weight 1) and need two or more modalities.
 - ``gblend:offline``: Algorithm 2, one estimate at epoch 0 over the whole run.
 - ``gblend:online``: Algorithm 3, a warm-up super-epoch then super-epochs of fixed
   length, each re-estimated at its first epoch from the current checkpoint.
@@ -32,7 +35,9 @@ from .spec import LR_SCHEDULES, SCHEDULES
 FUSED = "fused"
 """Name of the fused (prediction) head, h_{k+1} in the paper."""
 
-_KINDS = ("uni", "naive", "aux", "dropout", "pretrain", "uncertainty", "early_stop", "gblend")
+BALANCING = ("ogm_ge", "ogm", "pmr", "agm", "mmpareto")
+"""The modality-balancing methods G-Blend is compared with (OGM-GE, OGM, PMR, AGM, MMPareto)."""
+_KINDS = ("uni", "naive", "aux", "dropout", "pretrain", "uncertainty", "early_stop", *BALANCING, "gblend")
 PRETRAIN, FINETUNE = "pretrain", "finetune"
 """Phases of a ``pretrain`` run's segments."""
 
@@ -62,7 +67,8 @@ def parse_method(text: str, modalities: list[str], default_schedule: str = "onli
     if kind not in _KINDS:
         raise ValueError(
             f"unknown method {text!r}: expected one of uni:<modality>, naive, aux, dropout, "
-            "pretrain, uncertainty, early_stop, gblend, gblend:offline, gblend:online"
+            "pretrain, uncertainty, early_stop, ogm_ge, ogm, pmr, agm, mmpareto, gblend, gblend:offline, "
+            "gblend:online"
         )
     if kind == "uni":
         if arg not in modalities:
@@ -78,6 +84,9 @@ def parse_method(text: str, modalities: list[str], default_schedule: str = "onli
         return Method("gblend", schedule=schedule)
     if arg:
         raise ValueError(f"method {text!r}: {kind} takes no argument")
+    if kind in BALANCING and len(modalities) < 2:
+        raise ValueError(f"method {text!r} balances modalities against each other and needs at least two; "
+                         f"the run has {modalities}")
     return Method(kind)
 
 
@@ -89,7 +98,7 @@ def heads_of(modalities: list[str]) -> list[str]:
 def fixed_weights(method: Method, modalities: list[str], phase: str = "") -> dict[str, float] | None:
     """The loss weights of a method that does not estimate them; None for G-Blend.
 
-    ``uncertainty`` computes every head at weight 1; the engine scales each loss by its
+    ``uncertainty`` and ``mmpareto`` compute every head at weight 1; the engine scales each loss by its
     learned weight. A ``pretrain`` run's first phase trains every uni-modal head at
     weight 1: each encoder gets gradient from its own head's loss only, so this is each
     uni-modal model trained on its own, on the same batches."""
@@ -98,11 +107,11 @@ def fixed_weights(method: Method, modalities: list[str], phase: str = "") -> dic
         return {h: float(h == method.modality) for h in heads}
     if method.kind == "pretrain" and phase == PRETRAIN:
         return {h: float(h != FUSED) for h in heads}
-    if method.kind in ("naive", "dropout", "early_stop", "pretrain"):
+    if method.kind in ("naive", "dropout", "early_stop", "pretrain", "ogm_ge", "ogm", "pmr", "agm"):
         return {h: float(h == FUSED) for h in heads}
     if method.kind == "aux":
         return {h: 1.0 / len(heads) for h in heads}
-    if method.kind == "uncertainty":
+    if method.kind in ("uncertainty", "mmpareto"):
         return dict.fromkeys(heads, 1.0)
     return None
 

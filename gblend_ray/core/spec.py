@@ -26,6 +26,8 @@ Safeguard = Literal["floor", "head_train", "none"]
 ProbeMode = Literal["tune", "inline"]
 TrackingBackend = Literal["wandb", "none"]
 WandbMode = Literal["online", "offline", "disabled"]
+OGMScores = Literal["heads", "linear"]
+OGMParams = Literal["auto", "conv", "weights"]
 
 ON_BAD_SAMPLE: tuple[str, ...] = get_args(OnBadSample)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
@@ -36,6 +38,8 @@ SAFEGUARDS: tuple[str, ...] = get_args(Safeguard)
 PROBE_MODES: tuple[str, ...] = get_args(ProbeMode)
 TRACKING_BACKENDS: tuple[str, ...] = get_args(TrackingBackend)
 WANDB_MODES: tuple[str, ...] = get_args(WandbMode)
+OGM_SCORES: tuple[str, ...] = get_args(OGMScores)
+OGM_PARAMS: tuple[str, ...] = get_args(OGMParams)
 
 
 @dataclass
@@ -114,6 +118,10 @@ class ModelSpec:
     fusion: str = "concat"
     """Fusion registry name (late concatenation, paper §3.1)."""
     fusion_hidden_dim: int = 128
+    """Width of the fused head's two hidden layers; 0 makes the fused head one linear layer
+    on the fused features (a linear late-fusion head, which OGM-GE's official setting splits
+    by modality: ``balancing.ogm.scores: linear``). Not for ``lmf``, whose fused vector has
+    this width."""
     dropout: float = 0.0
     fusion_dropout: float = 0.0
     """Dropout on the fused head's input, the concatenated (or gated) features of every
@@ -183,6 +191,76 @@ class BaselinesSpec:
 
 
 @dataclass
+class OGMSpec:
+    """OGM-GE and OGM (Peng et al., CVPR 2022; official ``GeWu-Lab/OGM-GE_CVPR2022``)."""
+
+    alpha: float = 0.8
+    """α in ``k = 1 − tanh(α·ρ)``. The official code requires it (no default); its README
+    gives 0.8 for CREMA-D and 0.1 for VGGSound; the default is CREMA-D's."""
+    modulation_starts: int = 0
+    """First epoch (0-based, inclusive) whose steps are modulated (official default 0)."""
+    modulation_ends: int | None = 50
+    """Last modulated epoch (inclusive; official default 50); null: every epoch to the end."""
+    scores: OGMScores = "heads"
+    """How each modality's score s^m is read on our network. ``heads``: from its own head
+    trained on features detached from the encoders (the encoders still learn from the fused
+    loss alone); ``linear``: the official split of a linear fused head, z^m = W^m φ^m + b/M
+    (needs ``model.fusion: concat`` and ``model.fusion_hidden_dim: 0``)."""
+    params: OGMParams = "auto"
+    """Which gradient tensors of an encoder are modulated: ``conv`` (kernels, official),
+    ``weights`` (every tensor of 2+ dimensions: an MLP's weight matrices), ``auto`` (``conv``
+    for an encoder with kernels, else ``weights``)."""
+
+
+@dataclass
+class PMRSpec:
+    """PMR (Fan et al., CVPR 2023; official ``fanyunfeng-bit/Modal-Imbalance-PMR``)."""
+
+    alpha: float = 1.0
+    """Weight of the prototype cross-entropy given to the weaker modality (official 1.0)."""
+    momentum: float = 0.2
+    """μ in ``c ← (1 − μ) c_new + μ c_old`` (official ``momentum_coef`` 0.2)."""
+    prototype_fraction: float = 0.1
+    """Share of each epoch's training batches whose features make the prototypes (official ~10%)."""
+    modulation_starts: int = 0
+    modulation_ends: int | None = 100
+    """Epochs (0-based, inclusive) with the prototype loss (official 0–100); null: to the end."""
+
+
+@dataclass
+class AGMSpec:
+    """AGM (Li et al., ICCV 2023; official ``lihong2303/AGM_ICCV2023``)."""
+
+    alpha: float = 1.5
+    """α in ``κ = exp(α · min(r̄ − r, 10))``; per data set in the official code (CREMA-D 1.5,
+    AV-MNIST 2.5); the default is CREMA-D's."""
+    modulation_starts: int = 0
+    modulation_ends: int | None = None
+    """Epochs (0-based, inclusive) whose gradients are scaled by κ; null: every epoch. The
+    running means are updated on every step, inside the window or not (official)."""
+
+
+@dataclass
+class MMParetoSpec:
+    """MMPareto (Wei & Hu, ICML 2024; official ``GeWu-Lab/MMPareto_ICML2024``)."""
+
+    gamma: float = 1.5
+    """γ, the magnitude factor of the combined encoder gradient (official 1.5)."""
+
+
+@dataclass
+class BalancingSpec:
+    """Hyperparameters of the modality-balancing methods (``method: ogm_ge | ogm | pmr | agm
+    | mmpareto``), defaulting to the authors' released code. The run's optimizer
+    (``optim``) is the one every method shares, so rows of one table differ by method only."""
+
+    ogm: OGMSpec = field(default_factory=OGMSpec)
+    pmr: PMRSpec = field(default_factory=PMRSpec)
+    agm: AGMSpec = field(default_factory=AGMSpec)
+    mmpareto: MMParetoSpec = field(default_factory=MMParetoSpec)
+
+
+@dataclass
 class TrainerSpec:
     """The Ray Train side of a run (ignored by the in-process runner)."""
 
@@ -242,12 +320,14 @@ class RunSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     blend: BlendSpec = field(default_factory=BlendSpec)
     baselines: BaselinesSpec = field(default_factory=BaselinesSpec)
+    balancing: BalancingSpec = field(default_factory=BalancingSpec)
     trainer: TrainerSpec = field(default_factory=TrainerSpec)
     probes: ProbesSpec = field(default_factory=ProbesSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
     method: str = "gblend:online"
     """``uni:<modality>``, ``naive``, ``aux``, ``dropout``, ``pretrain``, ``uncertainty``,
-    ``early_stop``, ``gblend`` (schedule from ``blend.schedule``), ``gblend:offline`` or
+    ``early_stop``, the balancing methods ``ogm_ge``, ``ogm``, ``pmr``, ``agm``, ``mmpareto``
+    (settings under ``balancing``), ``gblend`` (schedule from ``blend.schedule``), ``gblend:offline`` or
     ``gblend:online`` (see ``plan.py``)."""
     seed: int = 0
     name: str | None = None

@@ -12,6 +12,7 @@ coordinator, from which the driver records it: workers write no run file themsel
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -65,6 +66,27 @@ def latest_state(run: RunDir) -> TrainingState | None:
         return None
     with persisted(run, checkpoint_name(epochs[-1])).as_directory() as d:
         return load_checkpoint(d)
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """A SHA-256 of every parameter's bytes, in order: equal on two ranks exactly when their
+    parameters are identical (buffers such as batch-norm statistics are rank-local under DDP
+    and left out)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def rank_digests(model: torch.nn.Module, world: int) -> list[str]:
+    """Every rank's ``parameter_digest``, by rank (a collective: every rank calls it)."""
+    digest = parameter_digest(model)
+    if world == 1:
+        return [digest]
+    gathered: list = [None] * world
+    torch.distributed.all_gather_object(gathered, digest)
+    return gathered
 
 
 def train_loop(config: dict) -> None:
@@ -164,8 +186,11 @@ def train_loop(config: dict) -> None:
         return
     if rank == 0 and local_run is None and pretrained.is_dir() and any(pretrained.iterdir()):
         (run / PRETRAINED).upload_from(pretrained)  # rank 0's encoders, like a local run's
+    digests = rank_digests(model, world)  # the ranks must have trained the same model
     trajectory = ray.get(coord.trajectory.remote())
     results = final_results(a, trajectory, history, time.perf_counter() - began) if rank == 0 else None
+    if results is not None:
+        results["rank_parameters"] = digests
     report(spec.train.epochs, results["final_weights"] if results else None, final=True, results=results)
 
 

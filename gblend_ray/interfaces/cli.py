@@ -19,6 +19,7 @@ on Ray, Ray's own output (worker logs, tracebacks) goes to the run's ``ray.log``
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -26,6 +27,7 @@ import os
 import shlex
 import sys
 import time
+from pathlib import Path
 
 from ..core.metrics import describe
 from ..core.spec import ON_BAD_SAMPLE
@@ -354,11 +356,13 @@ def _cmd_sweep(args, argv: list[str]) -> int:
                          "or use gblend run")
     sweep = _set_sweep_keys(sweep, sweep_sets)
     _, goal = check_sweep(sweep, base.train.epochs)  # a bad metric, searcher or scheduler: before any data
-    dataset = ensure_dataset(base)  # generate a preset once, before trials race to it
-    _check_trials(base, sweep, list(dataset.modalities), args.space)
+    sweep = _resolve_trial_paths(sweep, Path(os.path.abspath(args.space)).parent)
+    ensure_dataset(base)  # generate a preset once, before trials race to it
+    # and each data set a trial names (data.path in cases or the grid), checked against its own
+    most_modalities = _check_trials(base, sweep, args.space)
     out = resolve(args.out)
     engine = sweep.get("engine", "ray")
-    per_trial = resources_for(base, len(dataset.modalities) + 1) if engine == "ray" else {"CPU": 1.0}
+    per_trial = resources_for(base, most_modalities + 1) if engine == "ray" else {"CPU": 1.0}
     # A local cluster we start holds two runs at once; a given cluster (RAY_ADDRESS) holds
     # what its resources allow, unless the space says max_concurrent_trials.
     connect(cpus_wanted=per_trial.get("CPU", 0.0) * (sweep.get("max_concurrent_trials") or 2))
@@ -391,8 +395,6 @@ def _cmd_sweep(args, argv: list[str]) -> int:
 
 def _set_sweep_keys(sweep: dict, overrides: list[str]) -> dict:
     """``--set sweep.a.b=value`` on the space's sweep section (values parsed as YAML)."""
-    import copy
-
     import yaml
 
     sweep = copy.deepcopy(sweep)
@@ -410,24 +412,51 @@ def _set_sweep_keys(sweep: dict, overrides: list[str]) -> dict:
     return sweep
 
 
-def _check_trials(base, sweep: dict, modalities: list[str], source: str) -> None:
+def _resolve_trial_paths(sweep: dict, base: Path) -> dict:
+    """A relative ``data.path`` in the space's cases or grid, like one in its run config, is
+    relative to the space file's directory."""
+    def fix(value):
+        if isinstance(value, str) and value.strip() and not Path(os.path.expanduser(value)).is_absolute():
+            return os.path.abspath(base / value)
+        return value
+
+    sweep = copy.deepcopy(sweep)
+    for case in sweep.get("cases") or []:
+        if isinstance(case, dict) and "data.path" in case:
+            case["data.path"] = fix(case["data.path"])
+    grid = sweep.get("grid") or {}
+    if isinstance(grid, dict) and "data.path" in grid:
+        grid["data.path"] = [fix(v) for v in grid["data.path"]] if isinstance(grid["data.path"], list) \
+            else fix(grid["data.path"])
+    return sweep
+
+
+def _check_trials(base, sweep: dict, source: str) -> int:
     """Every trial's config must load before the first one starts: a bad key or method in
-    the space is one clear error now, not a sweep of failed trials."""
+    the space is one clear error now, not a sweep of failed trials. Each trial is checked
+    against its own data set (a preset a trial names is written here, once, before trials
+    race to it). Returns the most modalities a trial's data set has."""
     import itertools
 
+    from ..data.loading import ensure_dataset
     from .config import apply_overrides, spec_from_dict, spec_to_dict
 
     grid = sweep.get("grid") or {}
     keys = list(grid)
+    modalities_of: dict[str, list[str]] = {}
     for case in sweep.get("cases") or [{}]:
         for values in itertools.product(*(grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys)):
             overrides = {**case, **dict(zip(keys, values))}
             items = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
             try:
                 spec = spec_from_dict(apply_overrides(spec_to_dict(base), items))
-                check_against_dataset(spec, modalities)
+                if spec.data.path not in modalities_of:
+                    whole = dataclasses.replace(spec, data=dataclasses.replace(spec.data, modalities=None))
+                    modalities_of[spec.data.path] = list(ensure_dataset(whole).modalities)
+                check_against_dataset(spec, modalities_of[spec.data.path])
             except ConfigError as err:
                 raise ConfigError(f"{source}: sweep trial {overrides}: {err}") from None
+    return max(len(m) for m in modalities_of.values())
 
 
 def _load(args) -> tuple:

@@ -26,10 +26,12 @@ from ..core.spec import RunSpec
 from ..data.loading import AnyDataset, RunData, prepare_data, select_modalities
 from ..data.sources import BatchSource, seeded_subset
 from ..storage.rundir import RESULTS, TRAJECTORY, RunDir
+from .balancing import balancing_rule
 from .encoders import adopt_encoders, user_encoders
 from .engine import evaluate, make_optimizer, metrics_of, per_class_top1, predict, train_epochs
 from .fusion import adopt_fusions, user_fusions
 from .model import MultiHeadNet, build_model, load_encoder_weights
+from .objective import StepRule
 from .probe import ProbeResult, probe_seed, run_probe
 from .stopping import EarlyStopping
 
@@ -50,7 +52,8 @@ class RunObserver(Protocol):
 
 @dataclass
 class Assembly:
-    """A run, set up: its data, method, model, optimizer, early-stopping monitor and plan."""
+    """A run, set up: its data, method, model, optimizer, early-stopping monitor, plan and,
+    for a balancing method, the engine's step rule that makes its updates."""
 
     spec: RunSpec
     data: RunData
@@ -59,6 +62,7 @@ class Assembly:
     optimizer: torch.optim.Optimizer
     stopper: EarlyStopping | None
     segments: list[Segment]
+    rule: StepRule | None = None
 
 
 def extensions(spec: RunSpec | None = None) -> dict[str, dict]:
@@ -85,16 +89,17 @@ def adopt_extensions(ext: dict[str, dict] | None) -> None:
 def assemble(spec: RunSpec, dataset: AnyDataset | None = None, device: str | torch.device = "cpu") -> Assembly:
     """Set a run up in this process: ``train.threads``, its data (``dataset`` as the driver
     loaded it, or ``data.path``), its method, the seeded initial model on ``device``, the
-    optimizer over the parameters the method trains, the early-stopping monitor and the
-    method's segments."""
+    optimizer over the parameters the method trains, the early-stopping monitor, the
+    method's segments and its step rule (``balancing.balancing_rule``)."""
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
     data = prepare_data(spec, dataset, device=device)
     method = method_of(spec, data.dataset)
     model = new_model(spec, data.dataset, method).to(device)
     optimizer = make_optimizer(trained_parameters(model, method), spec.optim)
+    rule = balancing_rule(spec, method, model, data.dataset.num_classes, data.dataset.task)
     return Assembly(spec, data, method, model, optimizer, early_stopping(spec, method, model, data.heldout),
-                    segments_of(spec, method))
+                    segments_of(spec, method), rule)
 
 
 def new_model(spec: RunSpec, dataset: AnyDataset, method: Method | None = None) -> MultiHeadNet:
@@ -250,7 +255,7 @@ def train_plan(
             model, a.data.train, a.optimizer, weights, segment.epochs, start_epoch=segment.start,
             batch_size=spec.train.batch_size, seed=spec.seed,
             lr_at=lr_schedule(spec, segment.start if segment.phase == FINETUNE else 0),
-            full_heads=full_heads(spec, a.method), rank=rank, world_size=world_size, on_epoch=note,
+            full_heads=full_heads(spec, a.method), rank=rank, world_size=world_size, on_epoch=note, rule=a.rule,
         )
         if stopper is not None and stopper.stopped_at is not None:
             break

@@ -14,18 +14,18 @@ batches as the in-process runner.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.metrics import mean_auc, mean_average_precision
 from ..core.spec import OPTIMIZERS, OptimSpec
 from ..data.sources import Batch, BatchSource
-from .model import DETACHED, LOG_VAR
+from .objective import BlendRule, StepContext, StepRule, head_loss
 
 
 def sequential_order(n: int, batch_size: int) -> list[torch.Tensor]:
@@ -33,7 +33,7 @@ def sequential_order(n: int, batch_size: int) -> list[torch.Tensor]:
     return [torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
 
-def _on(device: torch.device, batch: Batch) -> Batch:
+def to_device(device: torch.device, batch: Batch) -> Batch:
     inputs, targets = batch
     return {m: x.to(device, non_blocking=True) for m, x in inputs.items()}, targets.to(device, non_blocking=True)
 
@@ -54,13 +54,6 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, w
         order = torch.cat([order, order[: per_rank * world_size - n]])
     mine = order[rank::world_size]
     return list(torch.split(mine, batch_size))
-
-
-def head_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for class indices; binary cross-entropy for multi-label 0/1 targets."""
-    if targets.dtype.is_floating_point:
-        return F.binary_cross_entropy_with_logits(logits, targets)
-    return F.cross_entropy(logits, targets)
 
 
 def make_optimizer(params: Iterable[nn.Parameter], spec: OptimSpec) -> torch.optim.Optimizer:
@@ -89,71 +82,65 @@ def train_epochs(
     rank: int = 0,
     world_size: int = 1,
     on_epoch: Callable[[dict], bool | None] | None = None,
+    rule: StepRule | None = None,
 ) -> list[dict]:
-    """Train ``epochs`` epochs from ``start_epoch`` on ``L_blend = Σ_i w_i L_i`` (eq. 7).
+    """Train ``epochs`` epochs from ``start_epoch``; each step is ``rule``'s (``objective.py``:
+    its losses, its backward pass(es), its gradient surgery), by default ``BlendRule``:
+    ``L_blend = Σ_i w_i L_i`` (eq. 7) under ``weights``, with learned weights when the model
+    has them (``uncertainty``) and the ``full_heads`` safeguard. A balancing method passes its
+    own ``rule``; ``weights`` then only label the epochs.
 
-    The loss of a step is three named terms, each zero where it does not apply:
-
-    - ``blend``: ``Σ_i w_i L_i`` over the heads with weight > 0 (heads with weight 0 are
-      not computed). With learned weights (method ``uncertainty``, a model that returns
-      each head's log-variance s_i) head i's term is ``exp(−s_i) w_i L_i``.
-    - ``uncertainty_reg``: ``Σ_i s_i / 2``, the other half of Kendall, Gal and Cipolla
-      (CVPR 2018) eq. 10 for a classification likelihood with s_i = log σ_i².
-    - ``head_train``: ``Σ_h (1 − w_h) L_h`` on features detached from the encoders, for each
-      head ``h`` in ``full_heads`` (the prediction-head safeguard): the head's own
-      parameters train at full weight, the encoders beneath it see it only through ``w_h``.
-
-    Returns one record per epoch: the epoch, its learning rate, the mean per-head losses
-    ``loss/<head>``, the mean total ``loss/total`` and each term that applies
-    (``loss/blend``, ``loss/uncertainty_reg``, ``loss/head_train``), and with learned weights
-    ``learned/<head>`` = exp(−s_i). ``on_epoch`` gets each record; a true return stops
-    training (early stopping).
+    Returns one record per epoch: the epoch, its learning rate, the mean of every loss term
+    the rule names (``loss/<head>``, ``loss/total``, ``loss/blend``, ``loss/uncertainty_reg``,
+    ``loss/head_train``, ...), with learned weights ``learned/<head>`` = exp(−s_i), and the
+    rule's own per-epoch diagnostics (``<rule>/...``). ``on_epoch`` gets each record; a true
+    return stops training (early stopping).
     """
-    active = [h for h, w in weights.items() if w > 0]
-    extra = [h for h in full_heads if weights.get(h, 0.0) < 1.0]
-    if not active and not extra:
-        raise ValueError(f"every weight is 0 in {weights}: nothing would train")
-    model.train()
-    device = _device_of(model)
     core = getattr(model, "module", model)  # under DDP, the MultiHeadNet
     learned = getattr(core, "log_vars", None) is not None
+    if rule is None:
+        rule = BlendRule(weights, full_heads, learned)
+    model.train()
+    device = _device_of(model)
     zero = torch.zeros((), device=device)
+    # A rule with several passes per step averages its gradients itself (DDP's hooks expect
+    # one backward pass per forward pass).
+    step_scope = (model.no_sync if rule.syncs_gradients and hasattr(model, "no_sync") else contextlib.nullcontext)
+    ctx = StepContext(model, core, data, batch_size, seed=seed, rank=rank, world_size=world_size, device=device)
     history = []
     for epoch in range(start_epoch, start_epoch + epochs):
         if lr_at is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch)
+        ctx.epoch, ctx.step = epoch, 0
+        rule.begin_epoch(ctx)
         sums: dict[str, torch.Tensor] = {}  # on the device: one synchronisation per epoch, not per step
         steps = 0
         order = batch_order(len(data), batch_size, seed, epoch, rank, world_size)
         for batch in data.batches(order, train=True, epoch=epoch):
-            inputs, targets = _on(device, batch)
-            out = model(inputs, heads=active, detached=extra, **({"log_vars": True} if learned else {}))
-            losses = {h: head_loss(out[h], targets) for h in active}
-            scale = {h: torch.exp(-out[h + LOG_VAR]) * weights[h] if learned else weights[h] for h in active}
-            blend = sum((scale[h] * losses[h] for h in active), zero)
-            uncertainty_reg = sum((out[h + LOG_VAR] / 2 for h in active), zero) if learned else zero
-            head_train = sum(((1.0 - weights.get(h, 0.0)) * head_loss(out[h + DETACHED], targets) for h in extra), zero)
-            loss = blend + uncertainty_reg + head_train
+            inputs, targets = to_device(device, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with step_scope():
+                terms = rule.losses(ctx, inputs, targets)
+                rule.backward(ctx, terms)
+            rule.after_backward(ctx)
             optimizer.step()
-            terms = {**{h: losses[h] for h in active}, "total": loss, "blend": blend,
-                     **({"uncertainty_reg": uncertainty_reg} if learned else {}),
-                     **({"head_train": head_train} if extra else {})}
             for name, value in terms.items():
                 sums[name] = sums.get(name, zero) + value.detach()
             steps += 1
+            ctx.step = steps
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         record.update({f"loss/{name}": total.item() / max(steps, 1) for name, total in sums.items()})
         if learned:
             record.update({f"learned/{h}": w for h, w in core.learned_weights().items()})
         if not _all_finite([record[f"loss/{name}"] for name in sums], world_size):
-            losses_text = {h: record[f"loss/{h}"] for h in active}
+            losses_text = {k.removeprefix("loss/"): v for k, v in record.items()
+                           if k.startswith("loss/") and k.removeprefix("loss/") in core.head_names}
             raise FloatingPointError(f"training diverged at epoch {epoch + 1}: per-head losses {losses_text}"
                                      + (" (on this rank; another rank's were not finite)"
                                         if all(math.isfinite(v) for v in losses_text.values()) else "")
                                      + "; lower optim.lr")
+        record.update(rule.end_epoch(ctx))
         history.append(record)
         if on_epoch is not None and on_epoch(record):
             break
@@ -203,7 +190,7 @@ def predict(model: nn.Module, data: BatchSource, heads: Sequence[str] | None = N
     target_parts = []
     try:
         for batch in data.batches(sequential_order(len(data), batch_size), train=False, epoch=0):
-            inputs, targets = _on(device, batch)
+            inputs, targets = to_device(device, batch)
             clip_targets = targets.repeat_interleave(k, dim=0) if k > 1 else targets
             target_parts.append(targets.cpu())
             for head, out in model(inputs, heads=heads).items():

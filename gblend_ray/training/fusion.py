@@ -48,6 +48,10 @@ def fusion_uses_intermediate(name: str) -> bool:
 
 
 def _head_mlp(in_dim: int, hidden_dim: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """FC → FC → prediction layer; with ``hidden_dim`` 0 the prediction layer alone (a linear
+    late-fusion head, whose logits split into per-modality parts: OGM-GE's official setting)."""
+    if hidden_dim == 0:
+        return nn.Sequential(nn.Linear(in_dim, num_classes))
     return nn.Sequential(
         nn.Linear(in_dim, hidden_dim),
         nn.ReLU(),
@@ -128,6 +132,8 @@ class LMFFusion(nn.Module):
         super().__init__()
         if rank < 1:
             raise ValueError(f"lmf rank must be at least 1, got {rank}")
+        if hidden_dim < 1:
+            raise ValueError(f"lmf needs a fused width (model.fusion_hidden_dim) >= 1, got {hidden_dim}")
         self.modalities = list(feature_dims)
         self.rank = rank
         self.factors = nn.ParameterDict({

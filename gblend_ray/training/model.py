@@ -27,6 +27,8 @@ DETACHED = "/detached"
 """Suffix of a head's logits computed on features cut from the encoders' graph."""
 LOG_VAR = "/log_var"
 """Suffix of a head's learned log-variance (method ``uncertainty``) in ``forward``'s output."""
+FEATURES = "/features"
+"""Suffix of a modality's final encoder features in ``forward``'s output (``features=True``)."""
 
 
 class MultiHeadNet(nn.Module):
@@ -57,25 +59,30 @@ class MultiHeadNet(nn.Module):
         heads: Iterable[str] | None = None,
         detached: Iterable[str] = (),
         log_vars: bool = False,
+        features: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Logits of ``heads`` (default: all). For each head in ``detached`` also return
         ``"<head>/detached"``: the same head on features detached from the encoders, so
         a loss on it trains that head's own parameters and nothing beneath them. With
         ``log_vars`` and learned weights, also ``"<head>/log_var"``: returned from the
-        forward pass so that DDP sees the parameters reached and averages their gradients."""
+        forward pass so that DDP sees the parameters reached and averages their gradients.
+        With ``features``, also every modality's final encoder features as
+        ``"<modality>/features"`` (what PMR's prototypes and OGM-GE's linear split read)."""
         heads = list(self.head_names if heads is None else heads)
         detached = list(detached)
-        needed = self.modalities if FUSED in heads or FUSED in detached else [m for m in self.modalities if m in heads or m in detached]
+        want_features = features
+        needed = (self.modalities if FUSED in heads or FUSED in detached or want_features
+                  else [m for m in self.modalities if m in heads or m in detached])
         if self.uses_intermediate:
             # The fusion reads intermediates; the uni heads read final features,
             # finished from the same intermediates (each trunk runs once).
             fused_in = {m: self.encoders[m].intermediate(inputs[m]) for m in needed}
             features = {m: self.encoders[m].from_intermediate(fused_in[m])
-                        for m in needed if m in heads or m in detached}
+                        for m in needed if m in heads or m in detached or want_features}
         else:
             features = {m: self.encoders[m](inputs[m]) for m in needed}
             fused_in = features
-        out = {}
+        out = {m + FEATURES: f for m, f in features.items()} if want_features else {}
         for head in heads:
             out[head] = self._head(head, features, fused_in)
         for head in detached:

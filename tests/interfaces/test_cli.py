@@ -76,3 +76,30 @@ def test_an_inherited_wandb_service_is_dropped_and_this_processs_own_kept(monkey
     monkeypatch.setenv("WANDB_SERVICE", own)
     _drop_inherited_wandb_service()
     assert os.environ["WANDB_SERVICE"] == own
+
+
+def test_a_sweep_case_may_name_its_own_data_set_relative_to_the_space(tmp_path):
+    """Each trial is checked against its own data set, generated once before the trials
+    start; a case's relative data.path is relative to the space file, like the config's."""
+    import pytest
+
+    from gblend_ray.interfaces.cli import _check_trials, _resolve_trial_paths
+    from gblend_ray.interfaces.config import ConfigError, load_config_with_sweep
+
+    space = tmp_path / "spaces" / "s.yaml"
+    space.parent.mkdir()
+    space.write_text(yaml.safe_dump({
+        "data": {"path": "../d/av", "preset": "av-overfit"},
+        "sweep": {"cases": [{"data.modalities": ["video", "audio"]},
+                            {"data.path": "../d/av3", "data.preset": "av3",
+                             "data.modalities": ["video", "flow", "audio"]}],
+                  "grid": {"method": ["naive", "agm"]}},
+    }))
+    base, sweep = load_config_with_sweep(space)
+    sweep = _resolve_trial_paths(sweep, space.parent)
+    assert sweep["cases"][1]["data.path"] == str(tmp_path / "d" / "av3")
+    assert _check_trials(base, sweep, str(space)) == 3
+    assert list(load_dataset(tmp_path / "d" / "av3").modalities) == ["video", "audio", "flow"]
+    sweep["cases"][0]["data.modalities"] = ["video", "flow"]  # av-overfit has no flow
+    with pytest.raises(ConfigError, match=r"data\.modalities: the dataset has no modality 'flow'"):
+        _check_trials(base, sweep, str(space))

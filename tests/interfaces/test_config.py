@@ -148,7 +148,7 @@ def test_unknown_nested_key_names_path_and_suggests(tmp_path):
 def test_unknown_top_level_key():
     err = _fails(_raw(blnd={"metric": "loss"}), "blnd")
     assert "did you mean 'blend'" in str(err)
-    assert "valid keys: data, model, optim, train, blend, baselines, trainer, probes, tracking, method, seed, name" in str(err)
+    assert "valid keys: data, model, optim, train, blend, baselines, balancing, trainer, probes, tracking, method, seed, name" in str(err)
 
 
 def test_section_field_written_at_top_level_suggests_section():
@@ -267,7 +267,7 @@ def test_choice_typo_suggests():
         ("data", "path", ""),
         ("model", "hidden_dim", 0),
         ("model", "feature_dim", 0),
-        ("model", "fusion_hidden_dim", 0),
+        ("model", "fusion_hidden_dim", -1),
         ("model", "dropout", 1.0),
         ("model", "dropout", -0.5),
     ],
@@ -488,3 +488,44 @@ def test_spec_to_dict_is_loadable():
     spec = RunSpec(data=DataSpec(path="/d"), model=ModelSpec(encoders={"a": "mlp"}),
                    method="aux", seed=5, name="x")
     assert spec_from_dict(spec_to_dict(spec)) == spec
+
+
+def test_balancing_sections_default_to_the_authors_values_and_take_overrides():
+    spec = spec_from_dict({"data": {"path": "ds"}, "method": "ogm_ge"})
+    b = spec.balancing
+    assert (b.ogm.modulation_starts, b.ogm.modulation_ends, b.ogm.scores) == (0, 50, "heads")
+    assert (b.pmr.alpha, b.pmr.momentum, b.pmr.modulation_ends) == (1.0, 0.2, 100)
+    assert (b.agm.alpha, b.mmpareto.gamma) == (1.5, 1.5)
+    raw = apply_overrides({"data": {"path": "ds"}, "method": "agm"},
+                          ["balancing.agm.alpha=2.5", "balancing.ogm.modulation_ends=null"])
+    spec = spec_from_dict(raw)
+    assert spec.balancing.agm.alpha == 2.5 and spec.balancing.ogm.modulation_ends is None
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"ogm": {"alpha": -1}}, r"balancing\.ogm\.alpha: expected a number > 0, got -1"),
+    ({"ogm": {"alpha": "big"}}, r"balancing\.ogm\.alpha: expected a number, got 'big'"),
+    ({"ogm": {"modulation_starts": 5, "modulation_ends": 2}}, r"balancing\.ogm\.modulation_ends: .*ends \(epoch 2\)"),
+    ({"ogm": {"scores": "lineer"}}, r"balancing\.ogm\.scores: .*did you mean 'linear'"),
+    ({"pmr": {"momentum": 1.0}}, r"balancing\.pmr\.momentum: expected a number in \[0, 1\)"),
+    ({"pmr": {"prototype_fraction": 0}}, r"balancing\.pmr\.prototype_fraction: expected a number in \(0, 1\]"),
+    ({"agm": {"alpa": 1}}, r"balancing\.agm\.alpa: unknown key; did you mean 'alpha'"),
+    ({"mmpareto": {"gamma": 0}}, r"balancing\.mmpareto\.gamma: expected a number > 0"),
+])
+def test_bad_balancing_values_name_the_dotted_field(section, message):
+    with pytest.raises(ConfigError, match=message):
+        spec_from_dict({"data": {"path": "ds"}, "method": "ogm_ge", "balancing": section})
+
+
+def test_ogm_linear_scores_need_a_linear_fused_head_and_balancing_needs_two_modalities():
+    with pytest.raises(ConfigError, match=r"balancing\.ogm\.scores: 'linear' .*model\.fusion_hidden_dim: 0"):
+        spec_from_dict({"data": {"path": "ds"}, "method": "ogm", "balancing": {"ogm": {"scores": "linear"}}})
+    spec = spec_from_dict({"data": {"path": "ds"}, "method": "ogm", "model": {"fusion_hidden_dim": 0},
+                           "balancing": {"ogm": {"scores": "linear"}}})
+    assert spec.model.fusion_hidden_dim == 0
+    with pytest.raises(ConfigError, match=r"model\.fusion_hidden_dim: 0 .*lmf"):
+        spec_from_dict({"data": {"path": "ds"}, "model": {"fusion": "lmf", "fusion_hidden_dim": 0}})
+    spec = spec_from_dict({"data": {"path": "ds", "modalities": ["video"]}, "method": "mmpareto"})
+    with pytest.raises(ConfigError, match=r"^method: 'mmpareto' balances modalities .*needs at least two"):
+        check_against_dataset(spec, ["video", "audio"])
+    check_against_dataset(spec_from_dict({"data": {"path": "ds"}, "method": "pmr"}), ["video", "audio", "flow"])

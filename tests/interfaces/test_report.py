@@ -396,3 +396,27 @@ def test_a_gblend_run_that_estimated_nothing_says_so_everywhere(tiny_dataset, tm
     md = (runs / "report.md").read_text()
     assert "| gblend:offline |" not in md and "Left out: 1 G-Blend run(s) without an estimate" in md
     assert "| naive |" in md
+
+
+def test_balancing_rows_show_their_methods_quantities_and_a_plot_of_them(tiny_dataset, tmp_path):
+    from gblend_ray.core.spec import RunSpec
+    from gblend_ray.training.runner import run_inline
+
+    for method in ("ogm_ge", "mmpareto"):
+        for seed in (0, 1):
+            spec = RunSpec(method=method, seed=seed)
+            spec.data.path = str(tiny_dataset)
+            spec.model.hidden_dim, spec.model.feature_dim, spec.model.fusion_hidden_dim = 16, 8, 16
+            spec.train.epochs, spec.train.batch_size = 2, 32
+            run_inline(spec, tmp_path / "runs" / f"{method}-{seed}")
+    out = write_report(tmp_path / "runs")
+    md = out["md"].read_text()
+    ogm_line = next(line for line in md.splitlines() if line.startswith("| ogm_ge |"))
+    assert " ± " in ogm_line and "k [video,audio]=[" in ogm_line and "slowed [video,audio]=[" in ogm_line
+    pareto_line = next(line for line in md.splitlines() if line.startswith("| mmpareto |"))
+    assert "cos [video,audio]=[" in pareto_line and "2/0" in pareto_line
+    assert any(p.name.startswith("quantities_ogm_ge") for p in out["plots"])
+    with out["csv"].open() as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert rows["mmpareto"]["quantities"].startswith("cos [video,audio]=[")
+    assert rows["ogm_ge"]["top1_std"] != ""

@@ -105,3 +105,20 @@ def test_multilabel_needs_the_loss_metric(tmp_path, capsys):
     cfg = _config(tmp_path, manifest, data={"path": str(manifest), "media": CLIPS}, blend={"metric": "accuracy"})
     assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--inline"]) == 2
     assert "blend.metric: loss" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["ogm_ge", "ogm", "pmr", "agm", "mmpareto"])
+def test_each_balancing_method_trains_on_mp4_files_with_conv_encoders(tmp_path, method):
+    """In process, through ``gblend run --inline``: OGM modulates the video and audio
+    ResNets' kernels; PMR's prototypes, AGM's masked passes and MMPareto's two backward
+    passes run on decoded clips."""
+    manifest = write_test_media(tmp_path / "media", classes=3, per_class=5, seconds=1.5, fps=12, size=48)
+    cfg = _config(tmp_path, manifest, method=method, train={"epochs": 1},
+                  data={"media": {**CLIPS, "on_bad_sample": "error"}})
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out), "--inline"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    (record,) = results["history"]
+    quantity = {"ogm_ge": "k", "ogm": "k", "pmr": "rho", "agm": "kappa", "mmpareto": "cos"}[method]
+    assert {f"{method}/{quantity}/video", f"{method}/{quantity}/audio"} <= set(record)
+    assert {"video_top1", "video_top5"} <= set(results["test"])

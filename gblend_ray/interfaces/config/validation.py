@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ...core.plan import parse_method
+from ...core.plan import BALANCING, parse_method
 from ...core.spec import RunSpec
 from .schema import ConfigError, check_types, field_error
 
@@ -51,6 +51,8 @@ def _check_method(spec: RunSpec, modalities: list[str] | None) -> None:
                 f"its modalities are {', '.join(modalities)}",
             )
     mods = [arg] if (kind == "uni" and modalities is None) else list(modalities or ())
+    if modalities is None and kind in BALANCING:
+        mods = ["_", "__"]  # the modality count is checked against the data set
     try:
         parse_method(method, mods, default_schedule=spec.blend.schedule)
     except ValueError as e:
@@ -110,7 +112,10 @@ def validate(spec: RunSpec) -> None:
     _check_int_min("model.hidden_dim", m.hidden_dim, 1)
     _check_int_min("model.feature_dim", m.feature_dim, 1)
     _check_nonempty("model.fusion", m.fusion)
-    _check_int_min("model.fusion_hidden_dim", m.fusion_hidden_dim, 1)
+    _check_int_min("model.fusion_hidden_dim", m.fusion_hidden_dim, 0)
+    if m.fusion_hidden_dim == 0 and m.fusion == "lmf":
+        raise field_error("model.fusion_hidden_dim", "0 (a linear fused head) is not defined for fusion 'lmf', "
+                                                     "whose fused vector has this width; give a width >= 1")
     _check_range("model.dropout", m.dropout, "a number in [0, 1)",
                  _is_number(m.dropout) and 0 <= m.dropout < 1)
 
@@ -160,10 +165,44 @@ def validate(spec: RunSpec) -> None:
 
     _check_nonempty("tracking.project", spec.tracking.project)
 
+    _check_balancing(spec)
     _check_method(spec, None)
     _check_int_min("seed", spec.seed, 0)
     if spec.name is not None:
         _check_nonempty("name", spec.name)
+
+
+def _check_window(path: str, starts: Any, ends: Any) -> None:
+    _check_int_min(f"{path}.modulation_starts", starts, 0)
+    _check_int_min(f"{path}.modulation_ends", ends, 0, optional=True)
+    if ends is not None and ends < starts:
+        raise field_error(f"{path}.modulation_ends", f"the modulation window ends (epoch {ends}) before it starts "
+                                                    f"({path}.modulation_starts = {starts})")
+
+
+def _check_balancing(spec: RunSpec) -> None:
+    """Ranges of ``balancing.*``, and what a method needs of the model."""
+    b = spec.balancing
+    _check_range("balancing.ogm.alpha", b.ogm.alpha, "a number > 0", _is_number(b.ogm.alpha) and b.ogm.alpha > 0)
+    _check_window("balancing.ogm", b.ogm.modulation_starts, b.ogm.modulation_ends)
+    _check_range("balancing.pmr.alpha", b.pmr.alpha, "a number >= 0", _is_number(b.pmr.alpha) and b.pmr.alpha >= 0)
+    _check_range("balancing.pmr.momentum", b.pmr.momentum, "a number in [0, 1)",
+                 _is_number(b.pmr.momentum) and 0 <= b.pmr.momentum < 1)
+    _check_range("balancing.pmr.prototype_fraction", b.pmr.prototype_fraction, "a number in (0, 1]",
+                 _is_number(b.pmr.prototype_fraction) and 0 < b.pmr.prototype_fraction <= 1)
+    _check_window("balancing.pmr", b.pmr.modulation_starts, b.pmr.modulation_ends)
+    _check_range("balancing.agm.alpha", b.agm.alpha, "a number > 0", _is_number(b.agm.alpha) and b.agm.alpha > 0)
+    _check_window("balancing.agm", b.agm.modulation_starts, b.agm.modulation_ends)
+    _check_range("balancing.mmpareto.gamma", b.mmpareto.gamma, "a number > 0",
+                 _is_number(b.mmpareto.gamma) and b.mmpareto.gamma > 0)
+    kind = spec.method.partition(":")[0]
+    if kind in ("ogm_ge", "ogm") and b.ogm.scores == "linear" and (spec.model.fusion != "concat"
+                                                                   or spec.model.fusion_hidden_dim != 0):
+        raise field_error("balancing.ogm.scores",
+                          "'linear' splits a linear fused head by modality (the official OGM-GE setting): it needs "
+                          "model.fusion: concat and model.fusion_hidden_dim: 0, got model.fusion: "
+                          f"{spec.model.fusion}, model.fusion_hidden_dim: {spec.model.fusion_hidden_dim}; or use "
+                          "balancing.ogm.scores: heads")
 
 
 def check_against_dataset(spec: RunSpec, modalities: list[str]) -> None:

@@ -8,6 +8,7 @@ PNG plots (``plots.py``):
 
 - ``weights_<method>.png``: each head's weight at every estimation round (Fig. 5a);
 - ``curves_<method>.png``: train and validation error per head over epochs (Fig. 4);
+- ``quantities_<method>.png``: a balancing method's per-step quantities per epoch;
 - ``per_class.png``: per-class test top-1 of the best G-Blend (else multi-modal) group
   minus the best uni-modal group's, classes sorted by gain (Fig. 6).
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from ...core.rounds import estimation_summary
 from ...storage.location import Location, resolve
-from .plots import plot_curves, plot_per_class, plot_weights, slug
+from .plots import plot_curves, plot_per_class, plot_quantities, plot_weights, slug
 from .runs import GroupKey, RunRecord, find_runs, group_runs, is_gblend, method_kind
 from .tables import label, markdown, summarize, weights_string, write_csv
 
@@ -54,6 +55,9 @@ def _row_plots(rows: list[dict], groups: dict[GroupKey, list[RunRecord]], out: P
         p = plot_curves(runs, name, out / f"curves_{_file_slug(key)}.png")
         if p:
             sections.append((f"Train and validation error: {name}", p, ""))
+        p = plot_quantities(runs, name, out / f"quantities_{_file_slug(key)}.png")
+        if p:
+            sections.append((f"Balancing quantities per epoch: {name}", p, ""))
     return sections
 
 

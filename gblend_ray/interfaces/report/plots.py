@@ -1,6 +1,7 @@
 """The report's plots, drawn on bare Agg figures (no pyplot state): the weight trajectory
 per head (the paper's Fig. 5a), train and validation error per head over epochs (Fig. 4),
-and the per-class gain of the best multi-modal row over the best uni-modal one (Fig. 6).
+the per-class gain of the best multi-modal row over the best uni-modal one (Fig. 6), and a
+balancing method's per-epoch quantities (``tables.series``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from ...storage.location import Location, resolve
 from .runs import RunRecord
+from .tables import series as balancing_series
 
 
 def slug(method: str, mods: tuple[str, ...]) -> str:
@@ -219,3 +221,24 @@ def plot_per_class(multi: tuple[str, list[RunRecord]], uni: tuple[str, list[RunR
     better = int(np.sum(gain > 0))
     return _save(fig, path), (f"Per-class test top-1, {multi[0]} minus {uni[0]}: better on {better} "
                               f"of {n} classes, worse on {int(np.sum(gain < 0))}.")
+
+
+def plot_quantities(runs: list[RunRecord], label: str, path: Path) -> Path | None:
+    """Each quantity of a balancing row over the epochs (mean over seeds), one panel per
+    quantity, one line per modality; None for a row without any."""
+    data = balancing_series(runs)
+    names = list(dict.fromkeys(q for q, _ in data))
+    if not names:
+        return None
+    fig = _new_figure(ncols=len(names), width=4.0)
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        for (q, m), per_run in data.items():
+            if q == name:
+                epochs, mean = _mean_by_epoch(per_run)
+                ax.plot(epochs, mean, marker="o", label=m or name)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{label}: per-epoch quantities (mean over seeds)")
+    return _save(fig, path)

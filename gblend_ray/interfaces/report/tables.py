@@ -1,7 +1,11 @@
 """The report's tables: one row per (method, modalities, setting) summarised over seeds,
 as ``report.md`` and ``report.csv``.
 
-Rows come in the paper's order: baselines first, G-Blend last, other kinds between.
+Rows come in the paper's order: baselines first, G-Blend last, other kinds between. A
+balancing method's row also shows its own per-step quantities, as the run's history logged
+them per epoch under the method's namespace (``ogm_ge/k/<modality>``, ``pmr/rho/<modality>``,
+``agm/kappa/<modality>``, ``mmpareto/cos/<modality>``, ...): each one's mean over the epochs
+and seeds (``quantities``); ``plots.plot_quantities`` draws them per epoch.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.metrics import LABELS, headline
+from ...core.plan import BALANCING
 from ...core.rounds import estimation_summary
 from ...storage.location import Location, resolve
 from .runs import RunRecord, group_runs, is_gblend, method_kind
@@ -24,6 +29,61 @@ _OTHER_RANK = 3
 
 def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+# ------------------------------------------------------------------ balancing quantities
+
+_PERCENT = ("slowed", "proto_loss", "conflict", "clipped")
+"""Quantities that are a share of the epoch's steps (shown as %)."""
+
+
+def _split(key: str, namespace: str) -> tuple[str, str] | None:
+    """``(quantity, modality)`` of a history key in ``namespace`` (modality "" for a
+    quantity of the whole step, e.g. ``agm/clipped``), or None."""
+    parts = key.split("/")
+    if parts[0] != namespace or len(parts) not in (2, 3):
+        return None
+    return (parts[1], parts[2] if len(parts) == 3 else "")
+
+
+def series(runs: list[RunRecord]) -> dict[tuple[str, str], list[dict[int, float]]]:
+    """Per (quantity, modality): each run's value at every epoch of its history."""
+    out: dict[tuple[str, str], list[dict[int, float]]] = {}
+    for r in runs:
+        if not r.ok or method_kind(r.method) not in BALANCING:
+            continue
+        per_run: dict[tuple[str, str], dict[int, float]] = {}
+        for record in r.results.get("history") or []:
+            for key, value in record.items():
+                where = _split(key, method_kind(r.method))
+                if where is not None and isinstance(value, (int, float)):
+                    per_run.setdefault(where, {})[int(record.get("epoch", 0))] = float(value)
+        for where, by_epoch in per_run.items():
+            out.setdefault(where, []).append(by_epoch)
+    return out
+
+
+def quantities(runs: list[RunRecord]) -> dict[str, dict[str, float]]:
+    """Per quantity, per modality: the mean over every epoch of every ok run (seeds)."""
+    out: dict[str, dict[str, float]] = {}
+    for (q, m), per_run in series(runs).items():
+        values = [v for by_epoch in per_run for v in by_epoch.values()]
+        if values:
+            out.setdefault(q, {})[m] = float(np.mean(values))
+    return out
+
+
+def quantities_text(q: dict[str, dict[str, float]]) -> str:
+    """``k [video,audio]=[0.42,1.00]; slowed [video,audio]=[97%,0%]``; "" without any."""
+    parts = []
+    for name, by_modality in q.items():
+        shown = [f"{100 * v:.0f}%" if name in _PERCENT else f"{v:.3g}" for v in by_modality.values()]
+        mods = [m for m in by_modality if m]
+        parts.append(f"{name} [{','.join(mods)}]=[{','.join(shown)}]" if mods else f"{name} {shown[0]}")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------ rows
 
 
 def summarize(runs: list[RunRecord]) -> list[dict]:
@@ -39,7 +99,9 @@ def summarize(runs: list[RunRecord]) -> list[dict]:
     ``errors`` (first line of each failure), and for G-Blend what the rounds estimated
     (``core.rounds.estimation_summary`` of each ok run): ``rounds``, ``fallback_rounds``,
     ``safeguard_rounds`` (summed over seeds), ``no_estimate_seeds`` (seeds whose every
-    round fell back). With no ok run the numbers are None.
+    round fell back), and for a balancing method its per-step quantities, each averaged over
+    the epochs and seeds (``quantities``: ``{quantity: {modality: mean}}``, see
+    ``balancing.py``). With no ok run the numbers are None.
     """
     rows = []
     for (method, mods, setting), members in group_runs(runs).items():
@@ -78,6 +140,7 @@ def summarize(runs: list[RunRecord]) -> list[dict]:
             "fallback_rounds": sum(e["rounds"] - e["estimated"] for _, e in estimates),
             "safeguard_rounds": sum(e["safeguard_rewrote"] for _, e in estimates),
             "no_estimate_seeds": [seed for seed, e in estimates if e["status"] == "none"],
+            "quantities": quantities(ok),
         })
     # sorted() is stable, so groups of one kind keep their path order.
     return sorted(rows, key=lambda row: _KIND_RANK.get(method_kind(row["method"]), _OTHER_RANK))
@@ -140,13 +203,17 @@ def markdown(root: Path | Location, runs: list[RunRecord], rows: list[dict], sec
         f"{sum(not r.ok for r in runs)} failed)",
         "",
         f"Test {main_label} and {companion_label} of each method's prediction head, mean ± std (population) "
-        "over seeds. Weights: the final G-Blend (or learned, for uncertainty weighting) weight of each head.",
+        "over seeds. Weights: the final G-Blend (or learned, for uncertainty weighting) weight of each head. "
+        "Method quantities: a balancing method's per-step quantities, mean over epochs and seeds "
+        "(OGM-GE: ratio ρ, coefficient k, share of steps slowed; PMR: ρ and share of steps with the prototype "
+        "loss; AGM: κ and score; MMPareto: cosine, weight of the fused gradient, share of conflicting steps).",
         "",
     ]
     with_setting = any(row["setting"] for row in rows)
     md += ["| method | modalities | " + ("setting | " if with_setting else "")
-           + f"test {main_label} (%) | {companion_label} (%) | seeds ok/failed | weights | estimate |",
-           "|---|---|" + ("---|" if with_setting else "") + "---|---|---|---|---|"]
+           + f"test {main_label} (%) | {companion_label} (%) | seeds ok/failed | weights | estimate | "
+           "method quantities |",
+           "|---|---|" + ("---|" if with_setting else "") + "---|---|---|---|---|---|"]
     for row in rows:
         seeds = f"{row['n_ok']}/{row['n_failed']}" + (" FAILED" if row["n_failed"] else "")
         shown = is_gblend(row["method"]) or row["method"] == "uncertainty"
@@ -154,7 +221,7 @@ def markdown(root: Path | Location, runs: list[RunRecord], rows: list[dict], sec
         md.append(f"| {_md_cell(row['method'])} | {_md_cell(_mods_text(row['modalities']))} | "
                   + (f"{_md_cell(row['setting'])} | " if with_setting else "")
                   + f"{_pct(row['mean'], row['std'])} | {_pct(row['top5_mean'])} | {seeds} | {weights} | "
-                  f"{_md_cell(estimate_text(row))} |")
+                  f"{_md_cell(estimate_text(row))} | {_md_cell(quantities_text(row.get('quantities') or {}))} |")
     if left_out:
         md += ["", f"Left out: {len(left_out)} G-Blend run(s) without an estimate (every round fell back): "
                + ", ".join(f"{label(r.method, r.modalities)} seed {r.seed}" for r in left_out) + "."]
@@ -205,7 +272,7 @@ def write_csv(rows: list[dict], path: Path | Location) -> Path | Location:
             heads += [h for h in row["weights"] if h not in heads]
     fields = ["method", "modalities", "setting", "n_ok", "n_failed", "top1_mean", "top1_std", "top5_mean", "seeds",
               "top1_per_seed", "weights", *[f"weight_{h}" for h in heads], "failed_seeds", "errors", "rounds",
-              "fallback_rounds", "safeguard_rounds", "no_estimate_seeds"]
+              "fallback_rounds", "safeguard_rounds", "no_estimate_seeds", "quantities"]
     f = io.StringIO(newline="")
     # one string, written once: the report may go to object storage
     w = csv.DictWriter(f, fieldnames=fields)
@@ -232,6 +299,7 @@ def write_csv(rows: list[dict], path: Path | Location) -> Path | Location:
             "fallback_rounds": row["fallback_rounds"] if gb else "",
             "safeguard_rounds": row["safeguard_rounds"] if gb else "",
             "no_estimate_seeds": ";".join(str(s) for s in row["no_estimate_seeds"]),
+            "quantities": quantities_text(row.get("quantities") or {}),
         })
     resolve(path).write_text(f.getvalue())
     return path

@@ -26,7 +26,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import torch
+from torch import nn
 
+from ...core.plan import FUSED
+from ..objective import Diagnostics, StepContext, StepRule, head_loss, in_window, last_linear
 from ._common import check_class_targets, mean_of_others
 
 PROB_FLOOR = 1e-8
@@ -187,3 +190,58 @@ def clip_if_large_(fused_weight_grad: torch.Tensor, parameters: Iterable[torch.T
     for g in grads:
         g.mul_(scale.to(g.device))
     return fired
+
+
+class AGMRule(StepRule):
+    """AGM as the engine's step rule (``objective.py``).
+
+    A step: the full pass ``f(all)`` in train mode, the ``2^M − 2`` masked passes in eval mode
+    with gradients (official ``GradMod``), the Shapley responses, their scores averaged over
+    the ranks, ``κ^m`` from the scores against their running means (then the means updated),
+    and CE on ``Σ_m scale_grad(o^m, κ^m)``, one backward pass. Several forward passes feed one
+    backward pass, which DDP's hooks do not allow, so the step runs under ``no_sync`` and the
+    gradients are averaged here before the official clip rule reads the fused head's
+    prediction-layer gradient (``fc_out`` there; our fused head's last linear layer). Any
+    fusion works: the masked passes zero the inputs, not the features."""
+
+    name = "agm"
+    syncs_gradients = True
+
+    def __init__(self, core: nn.Module, *, alpha: float, starts: int, ends: int | None):
+        self.alpha, self.starts, self.ends = alpha, starts, ends
+        self.modalities = list(core.modalities)
+        self.running = RunningScores(self.modalities)
+        self._fc_out = last_linear(core.fusion).weight
+        self._params = list(core.parameters())
+        self._stats = Diagnostics(self.name)
+
+    def losses(self, ctx: StepContext, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        model = ctx.model
+        outputs = {frozenset(self.modalities): model(inputs, heads=[FUSED])[FUSED]}
+        model.eval()
+        try:
+            for present in coalitions(self.modalities)[1:]:
+                outputs[present] = model(mask_inputs(inputs, present), heads=[FUSED])[FUSED]
+        finally:
+            model.train()
+        responses = shapley_responses(outputs, self.modalities)
+        local = agm_scores(responses, targets)
+        scores = dict(zip(self.modalities, ctx.all_reduce(torch.stack([local[m] for m in self.modalities]), "mean")))
+        if in_window(ctx.epoch, self.starts, self.ends):
+            kappa = self.running.step(scores, self.alpha)
+        else:
+            self.running.update(scores)
+            kappa = {m: torch.ones_like(s) for m, s in scores.items()}
+        for m in self.modalities:
+            self._stats.add(f"kappa/{m}", kappa[m])
+            self._stats.add(f"score/{m}", scores[m])
+        fused = head_loss(modulated_output(responses, kappa), targets)
+        return {FUSED: fused, "total": fused, "blend": fused}
+
+    def after_backward(self, ctx: StepContext) -> None:
+        ctx.average_gradients(self._params)
+        fired = clip_if_large_(self._fc_out.grad, self._params) if self._fc_out.grad is not None else False
+        self._stats.add("clipped", torch.as_tensor(fired).float())
+
+    def end_epoch(self, ctx: StepContext) -> dict[str, float]:
+        return self._stats.epoch_means()

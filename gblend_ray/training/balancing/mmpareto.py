@@ -14,6 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
+
+from ...core.plan import FUSED
+from ..objective import Diagnostics, StepContext, StepRule, head_loss
 
 GAMMA = 1.5
 """The official magnitude factor ``gamma``."""
@@ -99,3 +103,78 @@ def mmpareto_gradients(fused: Sequence[torch.Tensor | None], unimodal: Sequence[
         s = summed[i] if summed is not None else None
         out.append(pareto_rescale(a, b, weights, s, gamma))
     return out
+
+
+class MMParetoRule(StepRule):
+    """MMPareto as the engine's step rule (``objective.py``), on our per-modality heads.
+
+    One forward pass of every head, then two backward passes with the gradients zeroed in
+    between: ``L_fused`` (g1 of every encoder) and ``Σ_m L_m`` (g2: encoder m is reached by
+    its own ``L_m`` alone, so one pass gives every encoder its unimodal gradient; the official
+    code runs one per modality). Under DDP the step runs under ``no_sync`` and each pass's
+    gradients are averaged over the ranks before they are compared (the cosine of the
+    global batch's gradients, as one process would see it). Encoders get the rescaled
+    min-norm combination (``mmpareto_gradients``); the heads keep the summed gradient."""
+
+    name = "mmpareto"
+    syncs_gradients = True
+
+    def __init__(self, core: nn.Module, *, gamma: float = GAMMA):
+        self.gamma = gamma
+        self.modalities = list(core.modalities)
+        self._encoders = {m: list(core.encoders[m].parameters()) for m in self.modalities}
+        encoder_ids = {id(p) for ps in self._encoders.values() for p in ps}
+        self._heads = [p for p in core.parameters() if id(p) not in encoder_ids]
+        self._params = list(core.parameters())
+        self._stats = Diagnostics(self.name)
+
+    def losses(self, ctx: StepContext, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = ctx.model(inputs, heads=[*self.modalities, FUSED])
+        losses = {h: head_loss(out[h], targets) for h in (*self.modalities, FUSED)}
+        unimodal = sum(losses[m] for m in self.modalities)
+        return {**losses, "total": losses[FUSED] + unimodal, "blend": losses[FUSED] + unimodal, "unimodal": unimodal}
+
+    def backward(self, ctx: StepContext, terms: dict[str, torch.Tensor]) -> None:
+        terms[FUSED].backward(retain_graph=True)
+        ctx.average_gradients(self._params)
+        g1 = {id(p): p.grad.clone() if p.grad is not None else None for p in self._params}
+        for p in self._params:
+            p.grad = None
+        terms["unimodal"].backward()
+        ctx.average_gradients(self._params)
+        for p in self._heads:  # the heads keep the summed loss's gradient
+            a = g1[id(p)]
+            if a is not None:
+                p.grad = a if p.grad is None else p.grad + a
+        for m, params in self._encoders.items():
+            fused = [g1[id(p)] for p in params]
+            uni = [p.grad for p in params]
+            _, g1g2, _, cos = _dots(fused, uni)
+            weights = pareto_weights_from(fused, uni)
+            self._stats.add(f"cos/{m}", cos)
+            self._stats.add(f"w_fused/{m}", weights[0])
+            self._stats.add(f"conflict/{m}", (g1g2 <= 0).float())
+            for p, g in zip(params, mmpareto_gradients(fused, uni, gamma=self.gamma)):
+                p.grad = g
+
+    def end_epoch(self, ctx: StepContext) -> dict[str, float]:
+        return self._stats.epoch_means()
+
+
+def _dots(fused: Sequence[torch.Tensor | None], unimodal: Sequence[torch.Tensor | None]):
+    """(g1·g1, g1·g2, g2·g2, cos) over an encoder's tensors, a missing gradient counting as 0."""
+    def flat(gs: Sequence[torch.Tensor | None], others: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        return torch.cat([(g if g is not None else torch.zeros_like(o)).reshape(-1)
+                          for g, o in zip(gs, others) if g is not None or o is not None])
+
+    g1, g2 = flat(fused, unimodal), flat(unimodal, fused)
+    g1g1, g1g2, g2g2 = g1 @ g1, g1 @ g2, g2 @ g2
+    cos = g1g2 / (g1g1.sqrt() * g2g2.sqrt()).clamp_min(1e-12)
+    return g1g1, g1g2, g2g2, cos
+
+
+def pareto_weights_from(fused: Sequence[torch.Tensor | None],
+                        unimodal: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pareto_weights`` of an encoder's per-tensor gradient lists (a missing one counts as 0)."""
+    g1g1, g1g2, g2g2, _ = _dots(fused, unimodal)
+    return _weights(g1g1, g1g2, g2g2)

@@ -17,6 +17,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ...core.plan import FUSED
+from ..model import DETACHED, FEATURES
+from ..objective import Diagnostics, StepContext, StepRule, generator_for, head_loss, in_window
 from ._common import mean_of_others, target_prob_sum
 
 GE_EPS = 1e-8
@@ -108,3 +111,79 @@ def modulate_gradients_(params: Iterable[torch.Tensor], coefficient: float | tor
             g.mul_(coefficient).add_(noise.to(g.device) * (std + GE_EPS))
         else:
             g.mul_(coefficient)
+
+
+class OGMRule(StepRule):
+    """OGM-GE (``ge=True``) or OGM as the engine's step rule (``objective.py``).
+
+    Each step back-propagates the fused loss (and, with ``scores="heads"``, each modality's
+    head on detached features, which trains those heads only), reads the scores, sums them
+    over the ranks (the official score is a sum over the batch: here over the global batch),
+    and in the modulation window modulates every encoder's chosen gradient tensors with
+    ``k^m`` (and GE's noise). The gradients are DDP's averaged ones and the noise comes from a
+    stream seeded by (seed, epoch), so every rank makes the same update.
+
+    ``scores="linear"`` is the official reading, ``z^m = W^m φ^m + b/M`` of a linear fused
+    head; ``"heads"`` maps the method onto a fused MLP, whose logits do not split by modality.
+    """
+
+    def __init__(self, core: nn.Module, *, alpha: float, ge: bool, starts: int, ends: int | None,
+                 scores: Literal["heads", "linear"] = "heads", params: Literal["auto", "conv", "weights"] = "auto"):
+        self.name = "ogm_ge" if ge else "ogm"
+        self.alpha, self.ge, self.starts, self.ends, self.scores = alpha, ge, starts, ends, scores
+        self.modalities = list(core.modalities)
+        if scores == "linear":
+            net = getattr(core.fusion, "net", None)
+            layer = net[0] if isinstance(net, nn.Sequential) and len(net) == 1 else None
+            if not isinstance(layer, nn.Linear) or getattr(core.fusion, "uses_intermediate", True):
+                raise ValueError("balancing.ogm.scores 'linear' needs a linear late-fusion head "
+                                 "(model.fusion: concat, model.fusion_hidden_dim: 0)")
+            self._layer = layer
+            self._dims = {m: core.encoders[m].feature_dim for m in core.fusion.modalities}
+        self._params = {m: ogm_parameters(core.encoders[m].parameters(), _which(core.encoders[m], params))
+                        for m in self.modalities}
+        self._stats = Diagnostics(self.name)
+        self._scores: dict[str, torch.Tensor] = {}
+        self._generator: torch.Generator | None = None
+
+    def begin_epoch(self, ctx: StepContext) -> None:
+        self._generator = generator_for(ctx.seed, ctx.epoch, ctx.device)
+
+    def losses(self, ctx: StepContext, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        heads = self.scores == "heads"
+        out = ctx.model(inputs, heads=[FUSED], detached=self.modalities if heads else (), features=not heads)
+        fused = head_loss(out[FUSED], targets)
+        terms = {FUSED: fused}
+        if heads:
+            logits = {m: out[m + DETACHED] for m in self.modalities}
+            head_train = sum(head_loss(z, targets) for z in logits.values())
+            terms.update({"total": fused + head_train, "blend": fused, "head_train": head_train})
+        else:
+            features = {m: out[m + FEATURES].detach() for m in self._dims}
+            logits = linear_modality_logits(self._layer, self._dims, features)
+            terms.update({"total": fused, "blend": fused})
+        scores = ogm_scores(logits, targets)
+        summed = ctx.all_reduce(torch.stack([scores[m] for m in self.modalities]), "sum")
+        self._scores = dict(zip(self.modalities, summed))
+        return terms
+
+    def after_backward(self, ctx: StepContext) -> None:
+        ratios = ogm_ratios(self._scores)
+        k = ogm_coefficients(self._scores, self.alpha)
+        on = in_window(ctx.epoch, self.starts, self.ends)
+        for m in self.modalities:
+            self._stats.add(f"ratio/{m}", ratios[m])
+            self._stats.add(f"k/{m}", k[m] if on else 1.0)
+            self._stats.add(f"slowed/{m}", (k[m] < 1).float() if on else 0.0)
+            if on:
+                modulate_gradients_(self._params[m], k[m], ge=self.ge, generator=self._generator)
+
+    def end_epoch(self, ctx: StepContext) -> dict[str, float]:
+        return self._stats.epoch_means()
+
+
+def _which(encoder: nn.Module, params: str) -> Literal["conv", "weights"]:
+    """``auto``: an encoder's kernels if it has any (the official 4-D test), else its weight matrices."""
+    if params != "auto":
+        return params  # type: ignore[return-value]
+    return "conv" if any(p.dim() >= 3 for p in encoder.parameters()) else "weights"

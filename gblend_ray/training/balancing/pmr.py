@@ -16,12 +16,18 @@ one gets α, neither at equality).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ._common import check_class_targets, mean_of_others
+from ...core.plan import FUSED
+from ..engine import batch_order, to_device
+from ..model import FEATURES
+from ..objective import Diagnostics, StepContext, StepRule, head_loss, in_window
+from ._common import check_class_targets, mean_of_others, target_prob_sum
 
 
 class Prototypes:
@@ -57,14 +63,18 @@ class Prototypes:
         self._counts.index_add_(0, labels, torch.ones_like(labels, dtype=self._counts.dtype))
 
     @torch.no_grad()
-    def update(self) -> torch.Tensor:
+    def update(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Turn the accumulated features into class means, smooth them into ``value`` and start
-        a new accumulation. The first update takes the means as they are.
+        a new accumulation. The first update takes the means as they are. ``reduce`` (under
+        DDP: a sum over the ranks) is applied to the per-class sums and counts first, so that
+        every rank makes the same prototypes from all ranks' batches.
 
         A class with no sample keeps its previous prototype (the official code divides by a
         zero count: NaN); with no previous prototype that is an error."""
         if self._sums is None:
             raise ValueError("no features were added since the last prototype update")
+        if reduce is not None:
+            self._sums, self._counts = reduce(self._sums), reduce(self._counts)
         seen = self._counts > 0
         new = self._sums / self._counts.clamp_min(1).unsqueeze(1)
         if self.value is None:
@@ -110,3 +120,69 @@ def prototype_loss(logits: Mapping[str, torch.Tensor], targets: torch.Tensor,
     ``prototype_logits`` and ``pmr_coefficients``."""
     check_class_targets(targets, "PMR")
     return sum(torch.as_tensor(coefficients[m]) * F.cross_entropy(z, targets) for m, z in logits.items())
+
+
+class PMRRule(StepRule):
+    """PMR as the engine's step rule (``objective.py``): the fused loss plus, in the
+    modulation window, ``α · CE(−d^m, y)`` for the modality (or modalities) whose prototype
+    score is behind.
+
+    The prototypes are made before the first epoch and after every epoch, in eval mode
+    without gradients, from the features of the first ``fraction`` of that epoch's training
+    batches; under DDP the per-class sums and counts are summed over the ranks first, and so
+    are the batch scores, so every rank has the same prototypes and the same choice. Features
+    come from the fused forward pass itself (no extra pass), so the prototype loss trains the
+    encoders through DDP's ordinary gradient reduction. Any fusion works: only encoder
+    features are read."""
+
+    name = "pmr"
+
+    def __init__(self, core: nn.Module, num_classes: int, *, alpha: float, momentum: float, fraction: float,
+                 starts: int, ends: int | None):
+        self.alpha, self.fraction, self.starts, self.ends = alpha, fraction, starts, ends
+        self.modalities = list(core.modalities)
+        self.prototypes = {m: Prototypes(num_classes, momentum) for m in self.modalities}
+        self._stats = Diagnostics(self.name)
+
+    @torch.no_grad()
+    def refresh(self, ctx: StepContext, epoch: int) -> None:
+        """New prototypes from ``fraction`` of ``epoch``'s training batches (official
+        ``calculate_prototype``: eval mode, the first ~10% of the train loader's batches)."""
+        order = batch_order(len(ctx.data), ctx.batch_size, ctx.seed, epoch, ctx.rank, ctx.world_size)
+        order = order[:max(1, math.ceil(self.fraction * len(order)))]
+        core, was_training = ctx.core, ctx.core.training
+        core.eval()
+        try:
+            for batch in ctx.data.batches(order, train=True, epoch=epoch):
+                inputs, targets = to_device(ctx.device, batch)
+                out = core(inputs, heads=[], features=True)
+                for m in self.modalities:
+                    self.prototypes[m].add(out[m + FEATURES], targets)
+        finally:
+            core.train(was_training)
+        for p in self.prototypes.values():
+            p.update(reduce=lambda t: ctx.all_reduce(t, "sum"))
+
+    def begin_epoch(self, ctx: StepContext) -> None:
+        if any(p.value is None for p in self.prototypes.values()):
+            self.refresh(ctx, ctx.epoch)  # the official code makes them once before training
+
+    def losses(self, ctx: StepContext, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = ctx.model(inputs, heads=[FUSED], features=True)
+        fused = head_loss(out[FUSED], targets)
+        logits = {m: prototype_logits(out[m + FEATURES], self.prototypes[m].value) for m in self.modalities}
+        local = torch.stack([target_prob_sum(logits[m], targets) for m in self.modalities])
+        scores = dict(zip(self.modalities, ctx.all_reduce(local, "sum")))
+        on = in_window(ctx.epoch, self.starts, self.ends)
+        weights = pmr_coefficients(scores, self.alpha if on else 0.0)
+        proto = prototype_loss(logits, targets, weights)
+        others = mean_of_others(scores)
+        for m in self.modalities:
+            self._stats.add(f"rho/{m}", scores[m] / others[m])
+            self._stats.add(f"proto_loss/{m}", (weights[m] > 0).float())
+        return {FUSED: fused, "total": fused + proto, "blend": fused, "prototype": proto}
+
+    def end_epoch(self, ctx: StepContext) -> dict[str, float]:
+        self.refresh(ctx, ctx.epoch)  # official: recomputed after every epoch
+        return self._stats.epoch_means()
+
