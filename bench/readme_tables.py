@@ -46,7 +46,7 @@ def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def render(name: str, summary: dict) -> str:
+def render(summary: dict) -> str:
     """The markdown table of a compare's ``summary.json``."""
     tuned = any("chosen" in s for s in summary.values())
     head = ["method", "test top-1", "seeds"] + (["chosen (validation top-1)"] if tuned else [])
@@ -72,7 +72,7 @@ def measure(name: str) -> str:
         if code != 0:
             sys.stderr.write(shown.getvalue())
             raise SystemExit(f"gblend {' '.join(args)} exited {code}")
-        return render(name, json.loads((Path(out) / "summary.json").read_text()))
+        return render(json.loads((Path(out) / "summary.json").read_text()))
 
 
 def _block(name: str) -> re.Pattern:
@@ -93,7 +93,7 @@ def main() -> int:
     what.add_argument("--write", action="store_true", help="put the table into README.md")
     what.add_argument("--check", action="store_true", help="exit 1 if README.md's table differs")
     args = parser.parse_args()
-    table = (render(args.table, json.loads((Path(args.source) / "summary.json").read_text())) if args.source
+    table = (render(json.loads((Path(args.source) / "summary.json").read_text())) if args.source
              else measure(args.table))
     print(table)
     text = README.read_text()
