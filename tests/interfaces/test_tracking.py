@@ -62,6 +62,20 @@ def offline_env(mp: pytest.MonkeyPatch, root: Path) -> None:
     (root / "home").mkdir(exist_ok=True)
 
 
+def _settled_view(path: Path, deadline: float) -> dict:
+    """The run file's view once it holds the exit record (or at ``deadline``)."""
+    while True:
+        try:
+            view = wandb_view(path)
+        except Exception:  # a record still being written (DecodeError, a torn chunk)
+            if time.monotonic() >= deadline:
+                raise
+            view = None
+        if view is not None and (view["exited"] or time.monotonic() >= deadline):
+            return view
+        time.sleep(0.2)
+
+
 # -- one tracked run, shared by the tests below (W&B offline init costs seconds) --------
 
 @pytest.fixture(scope="module")
@@ -82,13 +96,11 @@ def tracked(tmp_path_factory):
         tracker.on_end(RESULTS)
         tracker.on_end(RESULTS)  # idempotent
         files = sorted(run_dir.rglob("run-*.wandb"))
-        view = wandb_view(files[0]) if files else None
         # W&B's service process may still be writing the run's last records when finish()
-        # returns (seen on a loaded 2-core machine): wait for the exit record, briefly.
+        # returns (seen on a loaded 2-core machine; a record read half-written does not
+        # parse): wait for the exit record, briefly.
         deadline = time.monotonic() + 30
-        while view is not None and not view["exited"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-            view = wandb_view(files[0])
+        view = _settled_view(files[0], deadline) if files else None
         yield {"root": root, "run_dir": run_dir, "tracker": tracker, "after_use": after_use,
                "files": files, "view": view}
 
@@ -301,7 +313,7 @@ def test_a_sweeps_wandb_summary_names_its_best_trial_and_tabulates_every_trial(t
         offline_env(mp, tmp_path)
         log_sweep_summary(resolve(out), rows, ("val/top1", "max"), TrackingSpec(), group="s")
     (file,) = sorted(out.rglob("run-*.wandb"))
-    view = wandb_view(file)
+    view = _settled_view(file, time.monotonic() + 30)
     assert view["run"].job_type == "sweep" and view["run"].run_group == "s"
     summary = view["summary"]
     assert summary["best/optim.lr"] == 0.05 and summary["best/val/top1"] == pytest.approx(0.66)
