@@ -82,14 +82,17 @@ class DataSpec:
     """Where the data is and how the train split is cut into T, V and T'."""
 
     path: str = ""
-    """An on-disk dataset directory (``meta.yaml``, ``<modality>.npy``, ``labels.npy``)."""
+    """An on-disk dataset directory (``meta.yaml``, ``<modality>.npy``, ``labels.npy``);
+    ``{preset}`` in it stands for ``preset``."""
     modalities: list[str] | None = None
     """Train on these of the dataset's modalities only (default: all), e.g. for the
     modality ablation."""
     preset: str | None = None
-    """A synthetic preset (``gblend make-synthetic --preset``) written to ``path`` on first use."""
+    """A synthetic preset (``gblend make-synthetic --preset``) or a real data set
+    (``gblend make-dataset``) written to ``path`` on first use."""
     preset_seed: int = 0
-    """The generator's seed for ``preset``; fixed per data set, independent of the run's seed."""
+    """The generator's seed for ``preset`` (a real set: the seed of its drawn splits);
+    fixed per data set, independent of the run's seed."""
     heldout_fraction: float = 0.1
     """Share of the train split held out as V (paper: 8% Kinetics, 13% mini-AudioSet)."""
     subset_size: int | None = None

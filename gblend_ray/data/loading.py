@@ -20,7 +20,8 @@ from .media.dataset import MediaDataset, load_media_dataset
 from .media.manifest import is_media_path
 from .sources import BatchSource, TensorData
 from .splits import Splits, check_splits, make_splits
-from .synthetic import generate_preset
+from . import realdata
+from .synthetic import PRESETS, generate_preset
 
 logger = logging.getLogger("gblend_ray.data")
 
@@ -43,8 +44,8 @@ class RunData:
 
 def ensure_dataset(spec: RunSpec) -> AnyDataset:
     """Load ``data.path`` (an array dataset or a media manifest), first writing the
-    synthetic preset there if one is named and the directory does not exist yet; keep
-    the modalities ``data.modalities`` names."""
+    synthetic preset or real data set ``data.preset`` names there if the directory does not
+    exist yet; keep the modalities ``data.modalities`` names."""
     path = Path(spec.data.path)
     if is_media_path(path):
         dataset = load_media_dataset(path, spec.data.media, spec.data.modalities)
@@ -52,13 +53,24 @@ def ensure_dataset(spec: RunSpec) -> AnyDataset:
         if spec.data.preset and not (path / "meta.yaml").exists():
             check_new_directory(path, f"data.preset {spec.data.preset!r}",
                                 note="has no meta.yaml, so it is not a dataset, but it ")
-            logger.info("writing synthetic preset %r to %s", spec.data.preset, path)
-            generate_preset(spec.data.preset, path, seed=spec.data.preset_seed)
+            write_preset(spec.data.preset, path, spec.data.preset_seed)
         dataset = select_modalities(load_dataset(path), spec.data.modalities)
     if dataset.task == "multilabel" and spec.blend.metric != "loss":
         raise ValueError(f"{dataset.path} is a multi-label task: set blend.metric: loss "
                          "(top-1 accuracy is not defined for it)")
     return dataset
+
+
+def write_preset(name: str, path: Path, seed: int) -> Path:
+    """Write the synthetic preset or the real data set ``name`` to ``path``."""
+    if name in PRESETS:
+        logger.info("writing synthetic preset %r to %s", name, path)
+        return generate_preset(name, path, seed=seed)
+    if name in realdata.DATASETS:
+        logger.info("writing real data set %r to %s", name, path)
+        return realdata.make_dataset(name, path, seed=seed)
+    raise ValueError(f"data.preset: unknown {name!r}; synthetic presets are {sorted(PRESETS)}, "
+                     f"real data sets {sorted(realdata.DATASETS)}")
 
 
 def run_splits(spec: RunSpec, dataset: AnyDataset) -> Splits:

@@ -36,7 +36,8 @@ from ..storage.location import StorageError, resolve
 from ..storage.rundir import LOG, RunDirError
 from .config import ConfigError, check_against_dataset, load_config
 
-METHODS_DEFAULT = "uni:video,uni:audio,naive,aux,gblend:offline,gblend:online"
+MULTIMODAL_DEFAULT = ("naive", "aux", "gblend:offline", "gblend:online")
+"""``compare``'s methods after one ``uni:<m>`` per modality of the data set."""
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -65,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
 
     cmp_ = sub.add_parser("compare", help="several methods x seeds; writes DIR/summary.json")
     cmp_.add_argument("config")
-    cmp_.add_argument("--methods", default=METHODS_DEFAULT,
-                      help=f"comma-separated method names (default: {METHODS_DEFAULT})")
+    cmp_.add_argument("--methods", default=None,
+                      help="comma-separated method names (default: uni:<m> for every modality m of the data set, "
+                           f"then {','.join(MULTIMODAL_DEFAULT)})")
     cmp_.add_argument("--seeds", type=int, default=3, help="number of seeds: 0..N-1 (default 3)")
     cmp_.add_argument("--out", required=True)
     cmp_.add_argument("--inline", action="store_true", help="run in this process, without Ray")
@@ -233,7 +235,8 @@ def _cmd_compare(args, argv: list[str]) -> int:
         dataset = _dataset_for(spec)
     else:
         spec, dataset = _load(args)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods is not None
+               else [f"uni:{m}" for m in dataset.modalities] + list(MULTIMODAL_DEFAULT))
     for m in methods:
         check_against_dataset(dataclasses.replace(spec, method=m), list(dataset.modalities))
     began = time.perf_counter()

@@ -229,3 +229,24 @@ def test_a_short_gblend_run_trains_on_the_set(written):
     assert 0 <= top1 <= 1 and math.isfinite(res["test"]["loss"])
     if name in TRAINS_IN_TWO_EPOCHS:
         assert top1 > 1 / len(EXPECTED[name]["classes"]), res["test"]
+
+
+def test_a_run_naming_a_real_set_as_its_preset_writes_it_on_first_use(tmp_path):
+    _require("image-segments")
+    from gblend_ray.data.loading import ensure_dataset
+
+    spec = RunSpec()
+    spec.data.path, spec.data.preset = str(tmp_path / "image-segments"), "image-segments"
+    ds = ensure_dataset(spec)
+    assert sorted(ds.modalities) == ["color", "shape"] and len(ds.labels) == EXPECTED["image-segments"]["samples"]
+    assert yaml.safe_load((tmp_path / "image-segments" / "source.yaml").read_text())["package"] == "river"
+    assert len(ensure_dataset(spec).labels) == len(ds.labels)  # the second use reads it back
+
+
+def test_an_unknown_preset_lists_both_kinds(tmp_path):
+    from gblend_ray.data.loading import ensure_dataset
+
+    spec = RunSpec()
+    spec.data.path, spec.data.preset = str(tmp_path / "x"), "nope"
+    with pytest.raises(ValueError, match=r"data.preset: unknown 'nope'.*av-overfit.*mfeat"):
+        ensure_dataset(spec)

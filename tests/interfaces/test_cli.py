@@ -52,6 +52,16 @@ def test_compare_writes_summary(tmp_path, tiny_dataset, capsys):
     assert "uni:video" in capsys.readouterr().out
 
 
+def test_compare_defaults_to_every_modality_alone_then_the_fusions(tmp_path, tiny_dataset):
+    cfg = _config(tmp_path, tiny_dataset, train={"epochs": 2, "batch_size": 32},
+                  data={"path": str(tiny_dataset), "modalities": ["audio"]})
+    out = tmp_path / "cmp"
+    assert main(["compare", str(cfg), "--seeds", "1", "--out", str(out), "--inline"]) == 0
+    # data.modalities keeps audio alone, so its one uni-modal run comes first
+    assert list(json.loads((out / "summary.json").read_text())) == [
+        "uni:audio", "naive", "aux", "gblend:offline", "gblend:online"]
+
+
 def test_bad_config_gets_a_clear_error(tmp_path, tiny_dataset, capsys):
     cfg = _config(tmp_path, tiny_dataset, method="uni:depth")
     assert main(["run", str(cfg), "--out", str(tmp_path / "x"), "--inline"]) == 2

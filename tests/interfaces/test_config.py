@@ -529,3 +529,17 @@ def test_ogm_linear_scores_need_a_linear_fused_head_and_balancing_needs_two_moda
     with pytest.raises(ConfigError, match=r"^method: 'mmpareto' balances modalities .*needs at least two"):
         check_against_dataset(spec, ["video", "audio"])
     check_against_dataset(spec_from_dict({"data": {"path": "ds"}, "method": "pmr"}), ["video", "audio", "flow"])
+
+
+def test_preset_in_the_data_path_follows_the_preset_override(tmp_path):
+    cfg = _write(tmp_path, "data:\n  path: sets/{preset}\n  preset: av-overfit\n")
+    assert load_config(cfg).data.path == str(tmp_path / "sets" / "av-overfit")
+    moved = load_config(cfg, ["data.preset=mfeat"])
+    assert moved.data.path == str(tmp_path / "sets" / "mfeat") and moved.data.preset == "mfeat"
+
+
+def test_preset_in_the_data_path_without_a_preset_is_refused(tmp_path):
+    cfg = _write(tmp_path, "data:\n  path: sets/{preset}\n")
+    with pytest.raises(ConfigError, match=r"data.path: .*\{preset\}.*data.preset is not set") as info:
+        load_config(cfg)
+    assert str(info.value).startswith(str(cfg))

@@ -188,6 +188,20 @@ def _resolve_override_path(raw: dict) -> None:
         section[key] = os.path.abspath(os.path.expanduser(section[key]))
 
 
+def _fill_preset(raw: dict, source: str) -> None:
+    """``{preset}`` in ``data.path`` becomes ``data.preset`` (after the overrides), so that
+    one config serves every set of a suite: ``--set data.preset=mfeat`` alone moves it."""
+    data = raw.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("path"), str) or "{preset}" not in data["path"]:
+        return
+    preset = data.get("preset")
+    if not isinstance(preset, str) or not preset.strip():
+        raise ConfigError(f"{source}: data.path: {data['path']!r} names {{preset}}, but data.preset is not set; "
+                          "set it (e.g. --set data.preset=mfeat) or write the path out",
+                          field="data.path", source=source)
+    data["path"] = data["path"].replace("{preset}", preset)
+
+
 def load_config_with_sweep(
     path: str | Path, overrides: Sequence[str] = ()
 ) -> tuple[RunSpec, dict | None]:
@@ -208,6 +222,7 @@ def load_config_with_sweep(
     except ConfigError as e:
         raise with_source(e, source) from None
     _resolve_override_path(raw)  # the file's own paths are absolute already
+    _fill_preset(raw, source)
     spec = spec_from_dict(raw, source=source)
     return spec, sweep
 
