@@ -11,7 +11,13 @@ A table sits in README.md between ``<!-- table:NAME -->`` and ``<!-- /table:NAME
   (under a minute on 2 cores; a slow test checks the README against it);
 - ``fair``: ``gblend compare search_spaces/fair.yaml --tune --seeds 3 --inline`` (every
   method's learning rate and weight decay searched on validation, 4 Optuna trials each,
-  then its choice rerun on 3 seeds; about 15 minutes on 2 cores; run by hand).
+  then its choice rerun on 3 seeds; about 15 minutes on 2 cores; run by hand);
+- ``suite``: every set of the suite (the two synthetic presets through their configs, the
+  four real sets through ``search_spaces/realdata.yaml``), each a ``gblend compare --seeds 3
+  --inline`` of every method under the defaults, then G-Blend offline and online again
+  under the paper-exact setting (``PAPER_EXACT``); about 25 minutes on 2 cores, run by
+  hand. ``--out DIR`` keeps the compares (``DIR/<set>/``, ``DIR/<set>-paper/``) for
+  ``--from DIR``.
 
 W&B is off for these runs (``tracking.backend=none``): it records, it does not change a
 figure.
@@ -38,6 +44,23 @@ TABLES = {
 }
 
 
+SUITE = {
+    "av-weak-audio": "quickstart.yaml",
+    "av3": "quickstart.yaml",
+    "mfeat": "realdata.yaml",
+    "basic-motions": "realdata.yaml",
+    "image-segments": "realdata.yaml",
+    "watch-exercises": "realdata.yaml",
+}
+"""The suite's sets and the config each runs through (``data.preset`` picks the set)."""
+
+PAPER_EXACT = ["blend.metric=loss", "blend.safeguard=none"]
+"""Algorithms 1-3 as the paper writes them: G and O in the loss, no safeguard on the
+prediction head (the probe horizon is the super-epoch, offline the whole run, as by default)."""
+
+GBLEND = ["gblend:offline", "gblend:online"]
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -62,17 +85,64 @@ def render(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def measure(name: str) -> str:
+def _cell(s: dict | None) -> str:
+    if not s or s.get("mean") is None:
+        return "—"
+    fell_back = len(s.get("no_estimate_seeds", []))
+    return f"{_pct(s['mean'])} ± {_pct(s['std'])}" + (f" ({fell_back}✗)" if fell_back else "")
+
+
+def render_suite(summaries: dict[str, tuple[dict, dict]]) -> str:
+    """The suite's table: per set, its best uni-modal method, the fusions under the
+    defaults and G-Blend under the paper-exact setting; (k✗): k seeds had no estimate."""
+    head = ["set", "best uni-modal", "naive", "aux", "G-Blend offline", "G-Blend online",
+            "offline, paper-exact", "online, paper-exact"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, (default, paper) in summaries.items():
+        uni = max((m for m in default if m.startswith("uni:")), key=lambda m: default[m]["mean"])
+        cells = [name, f"{_cell(default[uni])} ({uni[4:]})", _cell(default.get("naive")), _cell(default.get("aux")),
+                 *(_cell(default.get(m)) for m in GBLEND), *(_cell(paper.get(m)) for m in GBLEND)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _compare(args: list[str], out: str) -> dict:
     from gblend_ray.cli import main
 
+    args = [*args, "--out", out, "--set", "tracking.backend=none"]
+    with contextlib.redirect_stdout(io.StringIO()) as shown:
+        code = main(args)
+    if code != 0:
+        sys.stderr.write(shown.getvalue())
+        raise SystemExit(f"gblend {' '.join(args)} exited {code}")
+    return json.loads((Path(out) / "summary.json").read_text())
+
+
+def _suite_runs(name: str, config: str) -> tuple[list[str], list[str]]:
+    """The two compares of set ``name``: every method under the defaults, then G-Blend paper-exact."""
+    base = ["compare", str(ROOT / "search_spaces" / config), "--seeds", "3", "--inline", "--overwrite",
+            "--set", f"data.preset={name}"]
+    paper = [*base, "--methods", ",".join(GBLEND)] + [a for o in PAPER_EXACT for a in ("--set", o)]
+    return base, paper
+
+
+def read_suite(out: Path) -> dict[str, tuple[dict, dict]]:
+    return {name: (json.loads((out / name / "summary.json").read_text()),
+                   json.loads((out / f"{name}-paper" / "summary.json").read_text())) for name in SUITE}
+
+
+def measure_suite(out: Path) -> str:
+    for name, config in SUITE.items():
+        base, paper = _suite_runs(name, config)
+        _compare(base, str(out / name))
+        _compare(paper, str(out / f"{name}-paper"))
+        print(f"{name}: done", file=sys.stderr)
+    return render_suite(read_suite(out))
+
+
+def measure(name: str) -> str:
     with tempfile.TemporaryDirectory(prefix=f"gblend-table-{name}-") as out:
-        args = [*TABLES[name], "--out", out, "--set", "tracking.backend=none"]
-        with contextlib.redirect_stdout(io.StringIO()) as shown:
-            code = main(args)
-        if code != 0:
-            sys.stderr.write(shown.getvalue())
-            raise SystemExit(f"gblend {' '.join(args)} exited {code}")
-        return render(json.loads((Path(out) / "summary.json").read_text()))
+        return render(_compare(TABLES[name], out))
 
 
 def _block(name: str) -> re.Pattern:
@@ -86,15 +156,26 @@ def in_readme(name: str, text: str) -> str | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", choices=sorted(TABLES), required=True)
+    parser.add_argument("--table", choices=sorted([*TABLES, "suite"]), required=True)
     parser.add_argument("--from", dest="source", metavar="DIR",
-                        help="render the summary.json of a compare already run by the table's command")
+                        help="render the summary.json of a compare already run by the table's command "
+                             "(suite: the --out DIR of a suite run)")
+    parser.add_argument("--out", metavar="DIR", help="suite: keep its compares here (default: a temporary folder)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--write", action="store_true", help="put the table into README.md")
     what.add_argument("--check", action="store_true", help="exit 1 if README.md's table differs")
     args = parser.parse_args()
-    table = (render(json.loads((Path(args.source) / "summary.json").read_text())) if args.source
-             else measure(args.table))
+    if args.table == "suite":
+        if args.source:
+            table = render_suite(read_suite(Path(args.source)))
+        elif args.out:
+            table = measure_suite(Path(args.out))
+        else:
+            with tempfile.TemporaryDirectory(prefix="gblend-table-suite-") as out:
+                table = measure_suite(Path(out))
+    else:
+        table = (render(json.loads((Path(args.source) / "summary.json").read_text())) if args.source
+                 else measure(args.table))
     print(table)
     text = README.read_text()
     current = in_readme(args.table, text)

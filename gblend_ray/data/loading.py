@@ -55,9 +55,6 @@ def ensure_dataset(spec: RunSpec) -> AnyDataset:
                                 note="has no meta.yaml, so it is not a dataset, but it ")
             write_preset(spec.data.preset, path, spec.data.preset_seed)
         dataset = select_modalities(load_dataset(path), spec.data.modalities)
-    if dataset.task == "multilabel" and spec.blend.metric != "loss":
-        raise ValueError(f"{dataset.path} is a multi-label task: set blend.metric: loss "
-                         "(top-1 accuracy is not defined for it)")
     return dataset
 
 

@@ -20,6 +20,12 @@ So the Bayes-optimal use of both modalities beats video alone, a network that le
 audio's memorizable part overfits, and the modalities overfit at clearly different
 rates — what G-Blend's weights are meant to sort out.
 
+``av-weak-audio`` (the quickstart's) is ``av-overfit`` with a weaker audio class signal
+(``audio_signal`` 0.18 instead of 0.2), everything else equal. On the engine of today
+``av-overfit``'s naive fusion no longer falls below video alone (the parameters were
+chosen on an earlier one; its figures in the README stay as measured); here it falls
+below by about 3 points over 3 seeds, which is the problem G-Blend is for.
+
 Generative model (``av3``; three modalities, so G-Blend weighs four heads): ``video``,
 ``audio``, the labels and the split are exactly ``av-overfit``'s for the same seed and
 parameters (the same draws from the same stream), plus
@@ -92,7 +98,7 @@ class AV3(AVOverfit):
     """Overall input scale: between video's (slow to learn) and audio's (1, fast)."""
 
 
-PRESETS = {"av-overfit": AVOverfit(), "av3": AV3()}
+PRESETS = {"av-overfit": AVOverfit(), "av-weak-audio": AVOverfit(audio_signal=0.18), "av3": AV3()}
 
 
 def _unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
@@ -146,7 +152,7 @@ def make_av3(p: AV3, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.n
     return {**modalities, "flow": flow.astype(np.float32)}, labels, split
 
 
-_MAKERS = {"av-overfit": make_av_overfit, "av3": make_av3}
+_MAKERS = {"av-overfit": make_av_overfit, "av-weak-audio": make_av_overfit, "av3": make_av3}
 
 
 def generate_preset(preset: str, out_dir: str | Path, seed: int = 0) -> Path:

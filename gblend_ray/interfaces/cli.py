@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--seeds", type=int, default=3, help="number of seeds: 0..N-1 (default 3)")
     cmp_.add_argument("--out", required=True)
     cmp_.add_argument("--inline", action="store_true", help="run in this process, without Ray")
+    cmp_.add_argument("--trial-engine", choices=("ray", "inline"), default="ray",
+                      help="on Ray, each run as a Ray Train run with Tune probe trials (ray, default) or in its "
+                           "trial's own process with the probes inside it (inline: no start-up per run, for small "
+                           "models on one machine)")
     cmp_.add_argument("--tune", action="store_true",
                       help="first search each method's hyperparameters (the config's sweep: sample, num_samples, "
                            "metric, mode, search), selected on validation; then rerun each method's best on every seed")
@@ -327,7 +331,8 @@ def _run_compare(args, spec, dataset, prepared, compare, chosen: dict | None = N
     from ..distributed.sweep import concurrent_trials
     from .compare import read_back, run_concurrently
 
-    per_run = _most_per_run([p.spec for p in prepared], dataset)
+    per_run = (_most_per_run([p.spec for p in prepared], dataset) if args.trial_engine == "ray"
+               else {"CPU": float(max(p.spec.train.threads or 1 for p in prepared))})
     wanted = args.max_concurrent or (None if os.environ.get("RAY_ADDRESS") else os.cpu_count() or 1)
     if wanted:
         connect(cpus_wanted=per_run.get("CPU", 0.0) * min(wanted, len(prepared)), runs=min(wanted, len(prepared)))
@@ -338,7 +343,7 @@ def _run_compare(args, spec, dataset, prepared, compare, chosen: dict | None = N
     concurrent = min(len(prepared), wanted or concurrent_trials({}, per_run, ray.cluster_resources()))
     with _ray_log(resolve(args.out), args.verbose, False):
         run_concurrently(prepared, spec, args.out, per_run=per_run, concurrent=concurrent, chosen=chosen,
-                         verbose=args.verbose)
+                         verbose=args.verbose, engine=args.trial_engine)
         return compare(prepared, args.out, read_back, log=lambda line: None, on_failure=lambda p, err: str(err))
 
 

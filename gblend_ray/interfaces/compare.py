@@ -73,16 +73,18 @@ def prepare_runs(spec: RunSpec, methods: list[str], seeds: list[int], out: str |
 
 def run_concurrently(prepared: list[PreparedRun], spec: RunSpec, out: str | Path | Location, *,
                      per_run: dict[str, float], concurrent: int, chosen: dict[str, dict] | None = None,
-                     verbose: bool = False) -> None:
+                     verbose: bool = False, engine: str = "ray") -> None:
     """On Ray, every prepared run as a trial of one Tune experiment (``OUT/tune/``), as
     many at once as ``concurrent``: a compare is a sweep whose cases are its (method,
     seed) pairs. Each trial trains its run in its own directory (or reads back one that
     finished before), so ``compare`` then reads every result from there in order, and
-    ``summary.json`` is what a sequential compare writes. One line per finished run."""
+    ``summary.json`` is what a sequential compare writes. One line per finished run.
+    ``engine`` is the sweep's: each run a Ray Train run with Tune probe trials (``ray``) or
+    the in-process runner inside its trial (``inline``)."""
     from ..distributed.sweep import TrialLines, run_sweep
 
     cases = [run_overrides(p.spec.method, p.spec.seed, chosen) for p in prepared]
-    sweep = {"cases": cases, "engine": "ray", "max_concurrent_trials": concurrent}
+    sweep = {"cases": cases, "engine": engine, "max_concurrent_trials": concurrent}
     run_sweep(sweep, functools.partial(prepare_trial, base=spec_to_dict(spec), group=group_of(spec, out)), out,
               per_trial=per_run, epochs=spec.train.epochs, overwrite=True, verbose=1 if verbose else 0,
               trial_dir=_trial_path, lines=TrialLines(len(cases), label=_trial_label, what="compare"))

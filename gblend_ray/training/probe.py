@@ -19,7 +19,12 @@ from ..data.sources import BatchSource
 from .engine import evaluate, make_optimizer, train_epochs
 from .model import MultiHeadNet
 
-_METRIC_KEYS = {"loss": "loss", "accuracy": "top1"}
+def _metric_key(metric: str, result: dict[str, float]) -> str:
+    """What ``blend.metric`` reads from a head's metrics: its loss, or the task's accuracy
+    (top-1 for a multi-class task, mAP for a multi-label one, where top-1 is undefined)."""
+    if metric == "loss":
+        return "loss"
+    return "top1" if "top1" in result else "mAP"
 
 
 @dataclass(frozen=True)
@@ -47,11 +52,11 @@ def probe_seed(seed: int, epoch: int, head_index: int) -> int:
 
 def measure(model: MultiHeadNet, head: str, train_subset: BatchSource, heldout: BatchSource,
             metric: str, batch_size: int = 1024) -> tuple[float, float]:
-    """The head's metric (``loss`` or ``accuracy``) on T' and on V."""
-    key = _METRIC_KEYS[metric]
-    on_train = evaluate(model, train_subset, [head], batch_size)[head][key]
-    on_val = evaluate(model, heldout, [head], batch_size)[head][key]
-    return on_train, on_val
+    """The head's metric (``loss`` or ``accuracy``: top-1, multi-label mAP) on T' and on V."""
+    on_train = evaluate(model, train_subset, [head], batch_size)[head]
+    on_val = evaluate(model, heldout, [head], batch_size)[head]
+    key = _metric_key(metric, on_train)
+    return on_train[key], on_val[key]
 
 
 def run_probe(

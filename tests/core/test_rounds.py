@@ -20,7 +20,7 @@ W_AUDIO = (0.1 / 0.36) / (20 + 0.1 / 0.36)
 
 
 def _decide(safeguard, **kw):
-    return decide_round(STARVING, BlendSpec(safeguard=safeguard, eps=0.0, **kw), epoch=10,
+    return decide_round(STARVING, BlendSpec(safeguard=safeguard, eps=0.0, metric="loss", **kw), epoch=10,
                         probe_epochs=5, prediction_head="fused", probe_info={h: {"probe_seconds": i} for i, h in enumerate(STARVING, 1)})
 
 
@@ -55,7 +55,7 @@ def test_no_safeguard_leaves_it_starved_but_says_so():
 
 def test_healthy_round_applies_nothing():
     healthy = dict(STARVING, fused=Measurement(0.9, 1.0, 0.5, 0.7))
-    _, record = decide_round(healthy, BlendSpec(), epoch=0, probe_epochs=5, prediction_head="fused")
+    _, record = decide_round(healthy, BlendSpec(metric="loss"), epoch=0, probe_epochs=5, prediction_head="fused")
     assert record["prediction_head_starved"] is False and record["safeguard"] is None
     assert record["fallback"] is None
 

@@ -35,6 +35,26 @@ def test_av_overfit_is_unchanged_and_deterministic(tmp_path):
     assert yaml.safe_load((tmp_path / "a" / "generator.yaml").read_text())["preset"] == "av-overfit"
 
 
+def test_av_weak_audio_is_av_overfit_with_a_weaker_audio_signal(tmp_path):
+    """The quickstart's preset: the same video, labels, split and audio noise as av-overfit;
+    only audio's class means are shorter (0.18 against 0.2)."""
+    weak = load_dataset(generate_preset("av-weak-audio", tmp_path / "w", seed=0))
+    base = load_dataset(generate_preset("av-overfit", tmp_path / "b", seed=0))
+    assert weak.name == "av-weak-audio" and PRESETS["av-weak-audio"].audio_signal == 0.18
+    for key in ("video", "labels", "split"):
+        np.testing.assert_array_equal(_arrays(weak)[key], _arrays(base)[key], err_msg=key)
+    train = base.split == "train"
+    # audio = means[y] + noise: the noise is shared, so the per-class means shrink by 0.18 / 0.2
+    diff = (base.modalities["audio"] - weak.modalities["audio"])[train]
+    mean_base = np.stack([base.modalities["audio"][train & (base.labels == k)].mean(0) for k in range(10)])
+    per_class = np.stack([diff[base.labels[train] == k].std(0).max() for k in range(10)])
+    assert per_class.max() < 1e-5  # within a class the two differ by a constant: the mean's change
+    shift = np.stack([diff[base.labels[train] == k][0] for k in range(10)])
+    true_means = shift / (1 - 0.18 / 0.2)
+    np.testing.assert_allclose(np.linalg.norm(true_means, axis=1), 0.2 * np.sqrt(512) / 2, rtol=1e-4)
+    assert np.corrcoef(true_means.ravel(), mean_base.ravel())[0, 1] > 0.5
+
+
 def test_av3_writes_a_loadable_three_modality_dataset(tmp_path):
     ds = load_dataset(generate_preset("av3", tmp_path / "av3", seed=0))
     p = PRESETS["av3"]

@@ -17,7 +17,9 @@ MEAS = {"video": Measurement(0.9, 1.0, 0.6, 0.8), "audio": Measurement(0.9, 1.0,
 
 
 def _coord(tmp_path):
-    return Coordinator(RunSpec(), Method("gblend", schedule="online"), HEADS, str(tmp_path))
+    spec = RunSpec()
+    spec.blend.metric = "loss"  # the probe results below are losses
+    return Coordinator(spec, Method("gblend", schedule="online"), HEADS, str(tmp_path))
 
 
 def _result(head):

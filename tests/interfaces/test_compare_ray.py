@@ -56,3 +56,10 @@ def test_concurrent_compare_on_ray_writes_the_summary_of_a_sequential_one(tmp_pa
     again = capsys.readouterr().out
     assert again.count("(finished before)") == 4
     assert json.loads((tmp_path / "ray" / "summary.json").read_text()) == concurrent
+
+    # --trial-engine inline: the same trials, each run in-process inside its trial
+    assert main([*args, "--out", str(tmp_path / "trials"), "--max-concurrent", "2", "--trial-engine", "inline"]) == 0
+    in_trials = json.loads((tmp_path / "trials" / "summary.json").read_text())
+    for method, s in sequential.items():
+        assert in_trials[method]["runs"] == pytest.approx(s["runs"], abs=1e-6), method
+    assert len([d for d in (tmp_path / "trials" / "tune" / "sweep").iterdir() if d.is_dir()]) == 4

@@ -107,7 +107,7 @@ def test_valid_yaml_loads_with_types_and_defaults(tmp_path):
     assert spec.train.device == "cpu"
     assert spec.blend.super_epoch == BlendSpec().super_epoch
     assert spec.blend.probe_epochs is None
-    assert spec.blend.safeguard == "floor" and spec.blend.floor == 0.3
+    assert spec.blend.safeguard == "head_train" and spec.blend.floor == 0.3
 
 
 def test_minimal_dict_gets_defaults_and_empty_section_means_defaults():

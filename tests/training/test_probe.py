@@ -47,6 +47,20 @@ def test_accuracy_metric_measures_top1():
         assert 0.0 <= x <= 1.0 and (x * 20) == round(x * 20)
 
 
+def test_accuracy_metric_on_a_multi_label_task_measures_map():
+    """Top-1 is undefined for multi-label targets: ``accuracy`` reads the task's mAP."""
+    from gblend_ray.training.engine import evaluate
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(hidden_dim=8, feature_dim=4), {"v": (3,)}, 3)
+    data = TensorData({"v": torch.randn(30, 3)}, (torch.rand(30, 3) < 0.4).float())
+    start = evaluate(copy.deepcopy(model), data, ["v"])["v"]
+    r = run_probe(model, "v", train=data, train_subset=data, heldout=data, optim=OptimSpec(lr=0.5),
+                  epochs=5, start_epoch=0, seed=0, metric="accuracy")
+    assert r.measurement.val_before == start["mAP"] and r.measurement.train_before == start["mAP"]
+    assert r.measurement.val_after == evaluate(model, data, ["v"])["v"]["mAP"] != start["mAP"]
+
+
 def test_probes_subset_trains_every_probe_on_one_seeded_fraction_of_T(tiny_dataset):
     """``probes.subset``: 1.0 is Algorithm 1 exactly (all of T, today's weights); 0.25
     trains each round's probes on a quarter of T, the same quarter for every head."""

@@ -70,7 +70,7 @@ def _force_fused_overfit(monkeypatch):
 @pytest.mark.parametrize("safeguard", ["head_train", "floor"])
 def test_prediction_head_never_ends_untrained(tiny_dataset, monkeypatch, safeguard):
     _force_fused_overfit(monkeypatch)
-    res = runner.run_inline(_spec(tiny_dataset, "gblend:offline", safeguard=safeguard))
+    res = runner.run_inline(_spec(tiny_dataset, "gblend:offline", safeguard=safeguard, metric="loss"))
     (round_,) = res["trajectory"]
     assert round_["heads"]["fused"]["G"] < 0 and round_["heads"]["fused"]["estimated_weight"] == 0.0
     assert round_["prediction_head_starved"] is True and round_["safeguard"] == safeguard
@@ -80,7 +80,7 @@ def test_prediction_head_never_ends_untrained(tiny_dataset, monkeypatch, safegua
 def test_without_safeguard_the_fused_head_never_trains(tiny_dataset, monkeypatch):
     """The failure the safeguard exists for: weight 0 leaves the prediction head at its init."""
     _force_fused_overfit(monkeypatch)
-    spec = _spec(tiny_dataset, "gblend:offline", safeguard="none")
+    spec = _spec(tiny_dataset, "gblend:offline", safeguard="none", metric="loss")
     initial = assembly.new_model(spec, load_dataset(tiny_dataset)).fusion.state_dict()
     final = {}
     real = runner.final_results
@@ -191,5 +191,9 @@ def test_a_multilabel_array_dataset_trains_and_reports_map(tmp_path):
     assert res["heads"]["video"]["mAP"] > 0.75 and res["test"]["mAP"] > 0.65  # chance: about 0.4
     assert res["heads"]["audio"]["mAP"] < 0.55  # audio carries no label information
     assert set(res["trajectory"][0]["weights"]) == {"video", "audio", "fused"}
-    with pytest.raises(ValueError, match="blend.metric: loss"):
-        runner.run_inline(_spec(path, "gblend:online", metric="accuracy"))
+    # the accuracy metric (the default) reads mAP on a multi-label task: G is a gain in mAP
+    for r in res["trajectory"]:
+        for m in r["heads"].values():
+            assert all(0.0 <= m[k] <= 1.0 for k in ("train_before", "val_before", "train_after", "val_after"))
+    by_loss = runner.run_inline(_spec(path, "gblend:online", metric="loss"))
+    assert by_loss["trajectory"][0]["heads"]["video"]["val_before"] > 0.5  # a BCE loss, not an mAP

@@ -99,14 +99,6 @@ def test_multilabel_run_reports_map_and_mauc(tmp_path):
     assert results["per_class"] is None and len(trajectory) == 2
 
 
-def test_multilabel_needs_the_loss_metric(tmp_path, capsys):
-    manifest = write_test_media(tmp_path / "ml", classes=2, per_class=2, seconds=1.5, fps=12, size=32,
-                                multilabel=True)
-    cfg = _config(tmp_path, manifest, data={"path": str(manifest), "media": CLIPS}, blend={"metric": "accuracy"})
-    assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--inline"]) == 2
-    assert "blend.metric: loss" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("method", ["ogm_ge", "ogm", "pmr", "agm", "mmpareto"])
 def test_each_balancing_method_trains_on_mp4_files_with_conv_encoders(tmp_path, method):
     """In process, through ``gblend run --inline``: OGM modulates the video and audio
