@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from ..core.spec import RunSpec
+from . import realdata
 from .arrays import Dataset, check_new_directory, load_dataset
 from .media.dataset import MediaDataset, load_media_dataset
 from .media.manifest import is_media_path
 from .sources import BatchSource, TensorData
 from .splits import Splits, check_splits, make_splits
-from . import realdata
 from .synthetic import PRESETS, generate_preset
 
 logger = logging.getLogger("gblend_ray.data")
