@@ -131,8 +131,11 @@ def read_suite(out: Path) -> dict[str, tuple[dict, dict]]:
                    json.loads((out / f"{name}-paper" / "summary.json").read_text())) for name in SUITE}
 
 
-def measure_suite(out: Path) -> str:
+def measure_suite(out: Path, sets: list[str] | None = None) -> str:
+    """Run the suite's compares (``sets`` alone, when given; the others are read from ``out``)."""
     for name, config in SUITE.items():
+        if sets and name not in sets:
+            continue
         base, paper = _suite_runs(name, config)
         _compare(base, str(out / name))
         _compare(paper, str(out / f"{name}-paper"))
@@ -161,6 +164,7 @@ def main() -> int:
                         help="render the summary.json of a compare already run by the table's command "
                              "(suite: the --out DIR of a suite run)")
     parser.add_argument("--out", metavar="DIR", help="suite: keep its compares here (default: a temporary folder)")
+    parser.add_argument("--sets", help="suite: comma-separated sets to run again into --out (the rest read from it)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--write", action="store_true", help="put the table into README.md")
     what.add_argument("--check", action="store_true", help="exit 1 if README.md's table differs")
@@ -169,7 +173,7 @@ def main() -> int:
         if args.source:
             table = render_suite(read_suite(Path(args.source)))
         elif args.out:
-            table = measure_suite(Path(args.out))
+            table = measure_suite(Path(args.out), args.sets.split(",") if args.sets else None)
         else:
             with tempfile.TemporaryDirectory(prefix="gblend-table-suite-") as out:
                 table = measure_suite(Path(out))

@@ -152,11 +152,16 @@ def _class_counts(dataset: LabelledSamples, idx: np.ndarray) -> np.ndarray:
     return (labels > 0.5).sum(axis=0)
 
 
+SMALL_V = 30
+"""Below this many samples in V, ``check_splits`` warns that G-Blend's estimate is coarse:
+on the suite's basic-motions (V of 4) the rounds' weights are noise (README, "Defaults")."""
+
+
 def check_splits(dataset: LabelledSamples, splits: Splits) -> list[str]:
     """Raise ``DatasetError`` for splits a run cannot be measured on — an empty T, V, T' or
     test part, a class with no sample in the train split — and return warnings for
-    splits that weaken it: a class absent from V (G-Blend's generalization ignores it) or
-    from test (its accuracy is not measured)."""
+    splits that weaken it: a V of fewer than ``SMALL_V`` samples, a class absent from V
+    (G-Blend's generalization ignores it) or from test (its accuracy is not measured)."""
     source = (f"{dataset.path}/split.npy" if dataset.split is not None and dataset.path
               else f"the split drawn for {dataset.path} (data.val_fraction, data.test_fraction)")
     sizes = splits.sizes()
@@ -175,6 +180,10 @@ def check_splits(dataset: LabelledSamples, splits: Splits) -> list[str]:
                            f"({', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}); a model cannot learn "
                            "a class it never sees: put samples of every class in the train split")
     warnings = []
+    if sizes["heldout"] < SMALL_V:
+        warnings.append(f"{source}: V holds {sizes['heldout']} samples ({counts}): G-Blend's estimate on it is "
+                        f"coarse (an accuracy moves in steps of 1/{sizes['heldout']}) and mostly noise; raise "
+                        "data.heldout_fraction, or read its weights with that in mind")
     for part, what in (("heldout", "V"), ("test", "the test split")):
         absent = [names[c] for c in np.flatnonzero(_class_counts(dataset, getattr(splits, part)) == 0)]
         if absent:

@@ -167,10 +167,18 @@ def test_a_train_split_of_one_class_fails_naming_the_missing_classes(tmp_path):
 def test_a_class_missing_from_v_or_test_is_a_warning(tmp_path, caplog):
     labels = np.r_[np.arange(60) % 3, np.zeros(10, int)]
     ds = _saved(tmp_path, ["train"] * 60 + ["test"] * 10, labels=labels)
-    splits = run_splits(_spec(ds), ds)
+    spec = _spec(ds)
+    spec.data.heldout_fraction = 0.5  # V of 30: not small
+    splits = run_splits(spec, ds)
     warnings = check_splits(ds, splits)
     assert len(warnings) == 1 and "the test split has no sample of 2 class(es) (b, c" in warnings[0]
     assert any("the test split has no sample" in r.message for r in caplog.records)
+
+
+def test_a_small_v_is_a_warning_naming_its_size_and_the_setting(tmp_path):
+    ds = _saved(tmp_path, ["train"] * 60 + ["test"] * 12)
+    (warning,) = check_splits(ds, run_splits(_spec(ds), ds))  # V: 10% of 60
+    assert "V holds 6 samples" in warning and "steps of 1/6" in warning and "data.heldout_fraction" in warning
 
 
 def test_a_preset_is_never_written_over_user_files(tmp_path):
