@@ -28,6 +28,7 @@ TrackingBackend = Literal["wandb", "none"]
 WandbMode = Literal["online", "offline", "disabled"]
 OGMScores = Literal["heads", "linear"]
 OGMParams = Literal["auto", "conv", "weights"]
+Precision = Literal["fp32", "bf16", "fp16"]
 
 ON_BAD_SAMPLE: tuple[str, ...] = get_args(OnBadSample)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
@@ -40,6 +41,7 @@ TRACKING_BACKENDS: tuple[str, ...] = get_args(TrackingBackend)
 WANDB_MODES: tuple[str, ...] = get_args(WandbMode)
 OGM_SCORES: tuple[str, ...] = get_args(OGMScores)
 OGM_PARAMS: tuple[str, ...] = get_args(OGMParams)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass
@@ -148,6 +150,16 @@ class TrainSpec:
     device: str = "cpu"
     threads: int | None = None
     """torch intra-op threads; None leaves torch's default."""
+    precision: Precision = "fp32"
+    """``fp32``: no autocast. ``bf16`` or ``fp16``: the forward passes and losses of
+    training, evaluation and every probe run under ``torch.autocast`` with that dtype on the
+    model's device (CPU or CUDA); the parameters, their gradients and the optimizer stay
+    fp32. ``fp16`` adds a ``GradScaler``, unscaled before any balancing method reads or
+    changes the gradients. bf16 needs no scaler and is the one to try first on a GPU."""
+    channels_last: bool = False
+    """Keep 5-D video backbones and their (N, C, T, H, W) clips in ``channels_last_3d`` and
+    4-D ones (log-Mel ResNets) in ``channels_last``: faster convolutions on recent GPUs,
+    the same results within rounding. Feature vectors are untouched."""
 
 
 @dataclass
