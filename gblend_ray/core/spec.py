@@ -72,7 +72,11 @@ class MediaSpec:
     """Clips per evaluation batch (a batch holds this many clips divided by K samples):
     ``train.eval_batch_size`` is sized for feature vectors, far too many video clips."""
     num_workers: int = 2
-    """DataLoader worker processes that decode and transform clips."""
+    """DataLoader worker processes that decode and transform clips. With any, each source
+    (T, T', V, test) keeps its workers between epochs (``persistent_workers``)."""
+    prefetch_factor: int = 2
+    """Batches each worker decodes ahead (the DataLoader's ``prefetch_factor``); unused
+    with ``num_workers: 0``."""
     on_bad_sample: OnBadSample = "error"
     """``error``: stop at an unreadable, truncated or too short file (or one without an
     audio stream when audio is used), naming it; ``skip``: leave it out, count it and
