@@ -303,7 +303,9 @@ class ProbesSpec:
     resources: dict[str, float] = field(default_factory=lambda: {"CPU": 0.25})
     """Resources of one probe trial. Logical CPUs only place work (a probe trial runs one
     torch thread unless ``train.threads`` says otherwise), so the default lets a trainer
-    worker and three probe trials fit on two cores."""
+    worker and three probe trials fit on two cores. A ``GPU`` share puts each trial on a
+    GPU (with ``trainer.use_gpu``): ``{GPU: 0.25}`` lets four trials share one; a share
+    above 1 must be a whole number of GPUs."""
     max_concurrent: int | None = None
     """Probe trials running at once (default: one per head, k+1)."""
     subset: float = 1.0
