@@ -166,7 +166,9 @@ def train_epochs(
             raise FloatingPointError(f"training diverged at epoch {epoch + 1}: per-head losses {losses_text}"
                                      + (" (on this rank; another rank's were not finite)"
                                         if all(math.isfinite(v) for v in losses_text.values()) else "")
-                                     + "; lower optim.lr")
+                                     + "; lower optim.lr"
+                                     + (f", or try train.precision: fp32 (this ran under {compute.precision} "
+                                        "autocast)" if compute.precision != "fp32" else ""))
         record.update(rule.end_epoch(ctx))
         history.append(record)
         if on_epoch is not None and on_epoch(record):

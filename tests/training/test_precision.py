@@ -196,7 +196,7 @@ def test_an_fp16_run_trains_with_one_scaler_across_its_segments(tiny_dataset, tm
     assert all(np.isfinite(r["loss/total"]) for r in res["history"])
     assert res["history"][-1]["loss/total"] < res["history"][0]["loss/total"]
     # the boundary checkpoints carry the run's loss scale
-    last = sorted((tmp_path / "checkpoints").iterdir())[-1]
+    last = max((tmp_path / "checkpoints").iterdir())
     assert load_checkpoint(last).scaler["scale"] > 0
 
 
@@ -267,7 +267,7 @@ def test_channels_last_gives_the_same_run_within_rounding(clips_dataset):
 
 def test_to_device_makes_clips_and_spectrograms_channels_last_and_leaves_vectors():
     batch = {"video": torch.randn(2, 3, 4, 8, 8), "audio": torch.randn(2, 1, 10, 12), "x": torch.randn(2, 5)}
-    inputs, targets = to_device(torch.device("cpu"), (batch, torch.tensor([0, 1])), channels_last=True)
+    inputs, _ = to_device(torch.device("cpu"), (batch, torch.tensor([0, 1])), channels_last=True)
     assert inputs["video"].is_contiguous(memory_format=torch.channels_last_3d)
     assert inputs["audio"].is_contiguous(memory_format=torch.channels_last)
     assert inputs["x"] is batch["x"] and torch.equal(inputs["video"], batch["video"])
@@ -340,3 +340,10 @@ def test_compute_refuses_an_unknown_precision():
         Compute("fp8")
     assert FP32.grad_scaler(torch.device("cpu")) is None
     assert isinstance(Compute("fp16").grad_scaler(torch.device("cpu")), torch.amp.GradScaler)
+
+
+def test_a_run_that_diverges_under_autocast_is_told_to_try_fp32():
+    model, data = _net()
+    optimizer = make_optimizer(model.parameters(), OptimSpec(lr=1e12))
+    with pytest.raises(FloatingPointError, match=r"or try train.precision: fp32 \(this ran under bf16 autocast"):
+        train_epochs(model, data, optimizer, {"fused": 1.0}, 3, batch_size=12, compute=Compute("bf16"))

@@ -2,8 +2,8 @@
 
 import csv
 import dataclasses
-import multiprocessing
 import math
+import multiprocessing
 import os
 import pickle
 import re
