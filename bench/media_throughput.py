@@ -6,9 +6,9 @@ processes to the trainer. This script measures what that costs, in one run, on t
 files and the same frames: a bare loop that opens each file with PyAV, seeks and decodes
 exactly the frames of the sample's centre clip to RGB arrays (nothing else, one process),
 against ``MediaData.batches`` in several settings. Each pass is one ``batches`` call over
-every file, ``--repeat`` times over (an epoch of a larger data set), so a pass includes
-starting the DataLoader's worker processes once, as every epoch and every evaluation of
-the engine does. It writes its own test media (H.264 +
+every file, ``--repeat`` times over (an epoch of a larger data set), after one untimed
+pass that starts the source's worker processes, which then persist from pass to pass as
+they do from epoch to epoch in a run. It writes its own test media (H.264 +
 AAC, ``gblend_ray.testmedia``) into a temporary directory. Run by hand:
 
     python bench/media_throughput.py [--files 24] [--seconds 4] [--fps 24] [--height 128] [--repeat 4] [--passes 3]

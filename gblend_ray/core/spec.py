@@ -28,6 +28,7 @@ TrackingBackend = Literal["wandb", "none"]
 WandbMode = Literal["online", "offline", "disabled"]
 OGMScores = Literal["heads", "linear"]
 OGMParams = Literal["auto", "conv", "weights"]
+Precision = Literal["fp32", "bf16", "fp16"]
 
 ON_BAD_SAMPLE: tuple[str, ...] = get_args(OnBadSample)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
@@ -40,6 +41,7 @@ TRACKING_BACKENDS: tuple[str, ...] = get_args(TrackingBackend)
 WANDB_MODES: tuple[str, ...] = get_args(WandbMode)
 OGM_SCORES: tuple[str, ...] = get_args(OGMScores)
 OGM_PARAMS: tuple[str, ...] = get_args(OGMParams)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass
@@ -70,7 +72,11 @@ class MediaSpec:
     """Clips per evaluation batch (a batch holds this many clips divided by K samples):
     ``train.eval_batch_size`` is sized for feature vectors, far too many video clips."""
     num_workers: int = 2
-    """DataLoader worker processes that decode and transform clips."""
+    """DataLoader worker processes that decode and transform clips. With any, each source
+    (T, T', V, test) keeps its workers between epochs (``persistent_workers``)."""
+    prefetch_factor: int = 2
+    """Batches each worker decodes ahead (the DataLoader's ``prefetch_factor``); unused
+    with ``num_workers: 0``."""
     on_bad_sample: OnBadSample = "error"
     """``error``: stop at an unreadable, truncated or too short file (or one without an
     audio stream when audio is used), naming it; ``skip``: leave it out, count it and
@@ -151,6 +157,16 @@ class TrainSpec:
     device: str = "cpu"
     threads: int | None = None
     """torch intra-op threads; None leaves torch's default."""
+    precision: Precision = "fp32"
+    """``fp32``: no autocast. ``bf16`` or ``fp16``: the forward passes and losses of
+    training, evaluation and every probe run under ``torch.autocast`` with that dtype on the
+    model's device (CPU or CUDA); the parameters, their gradients and the optimizer stay
+    fp32. ``fp16`` adds a ``GradScaler``, unscaled before any balancing method reads or
+    changes the gradients. bf16 needs no scaler and is the one to try first on a GPU."""
+    channels_last: bool = False
+    """Keep 5-D video backbones and their (N, C, T, H, W) clips in ``channels_last_3d`` and
+    4-D ones (log-Mel ResNets) in ``channels_last``: faster convolutions on recent GPUs,
+    the same results within rounding. Feature vectors are untouched."""
 
 
 @dataclass
@@ -294,7 +310,9 @@ class ProbesSpec:
     resources: dict[str, float] = field(default_factory=lambda: {"CPU": 0.25})
     """Resources of one probe trial. Logical CPUs only place work (a probe trial runs one
     torch thread unless ``train.threads`` says otherwise), so the default lets a trainer
-    worker and three probe trials fit on two cores."""
+    worker and three probe trials fit on two cores. A ``GPU`` share puts each trial on a
+    GPU (with ``trainer.use_gpu``): ``{GPU: 0.25}`` lets four trials share one; a share
+    above 1 must be a whole number of GPUs."""
     max_concurrent: int | None = None
     """Probe trials running at once (default: one per head, k+1)."""
     subset: float = 1.0

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..core.spec import RunSpec
 from . import realdata
@@ -91,15 +92,19 @@ def select_modalities(dataset: AnyDataset, modalities: list[str] | None) -> AnyD
     return dataclasses.replace(dataset, modalities={m: dataset.modalities[m] for m in modalities})
 
 
-def prepare_data(spec: RunSpec, dataset: AnyDataset | None = None, device: str = "cpu") -> RunData:
-    """The run's sources, from ``dataset`` (as the driver loaded it) or from ``data.path``."""
+def prepare_data(spec: RunSpec, dataset: AnyDataset | None = None, device: str | torch.device = "cpu") -> RunData:
+    """The run's sources, from ``dataset`` (as the driver loaded it) or from ``data.path``:
+    arrays as tensors on ``device``; clips decoded into pinned memory when ``device`` is a
+    GPU, so that the engine's copy there does not block."""
     dataset = select_modalities(dataset or ensure_dataset(spec), spec.data.modalities)
     d = spec.data
     splits = run_splits(spec, dataset)
 
     if isinstance(dataset, MediaDataset):
+        pin = torch.device(device).type == "cuda"
+
         def clips(idx: np.ndarray, train: bool = False, k: int = 1) -> BatchSource:
-            return dataset.source(idx, train=train, clips_per_sample=k, seed=spec.seed)
+            return dataset.source(idx, train=train, clips_per_sample=k, seed=spec.seed, pin_memory=pin)
 
         return RunData(dataset, splits, clips(splits.train, train=True), clips(splits.train_subset),
                        clips(splits.heldout), clips(splits.test, k=d.media.eval_clips))

@@ -20,6 +20,7 @@ from ..core.spec import RunSpec
 from ..storage.location import Location
 from ..training.assembly import adopt_extensions, assemble, run_head_probe
 from ..training.checkpoint import load_checkpoint
+from .errors import describe_failure
 
 
 def probe_trial(config: dict, spec: RunSpec, coordinator: str, namespace: str, dataset,
@@ -30,7 +31,8 @@ def probe_trial(config: dict, spec: RunSpec, coordinator: str, namespace: str, d
     adopt_extensions(ext)
     slot = config["slot"]
     coord = ray.get_actor(coordinator, namespace=namespace)
-    # A probe trial holds the resources in probes.resources: a GPU only if it asked for one.
+    # A probe trial holds the resources in probes.resources: a GPU only if it asked for one;
+    # with a share of one (GPU: 0.25), Ray shows it that GPU alone, as cuda:0.
     device = "cuda" if spec.probes.resources.get("GPU", 0) > 0 else "cpu"
     a = assemble(spec, dataset, device)
     done = 0
@@ -69,6 +71,7 @@ def run_trials(spec: RunSpec, coordinator: str, namespace: str, num_trials: int,
                                   failure_config=tune.FailureConfig(max_failures=2)),
     )
     results = tuner.fit()
-    errors = [str(r.error) for r in results if r.error is not None]
+    # the root cause's line (a probe's GPUMemoryError names its head), not Ray's wrappers
+    errors = [describe_failure(r.error) for r in results if r.error is not None]
     if errors:
         raise RuntimeError(f"{len(errors)} probe trial(s) failed: {errors[0]}")

@@ -111,6 +111,8 @@ def train_loop(config: dict) -> None:
             state = load_checkpoint(d)
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
+        if a.scaler is not None and state.scaler:
+            a.scaler.load_state_dict(state.scaler)
         torch.set_rng_state(state.rng)
         history, start = state.history, state.epoch
     ddp = model
@@ -131,7 +133,7 @@ def train_loop(config: dict) -> None:
             # Staged on this node's local disk, uploaded synchronously, then deleted: one copy
             # of each checkpoint in the run directory (a video backbone's is hundreds of MB).
             staged = save_checkpoint(tempfile.mkdtemp(prefix="gblend-ckpt-"), model, optimizer, epoch, weights,
-                                     history, results)
+                                     history, results, scaler=a.scaler)
             ckpt = Checkpoint.from_directory(str(staged))
         # the epoch's validation metrics and weights in force: every checkpoint in
         # ``Result.best_checkpoints`` carries its epoch's (``val/<head>/top1``, ...)
@@ -175,7 +177,8 @@ def train_loop(config: dict) -> None:
     try:
         train_plan(a, ddp, weights_for, segments=[s for s in a.segments if s.start >= start], rank=rank,
                    world_size=world, on_epoch=on_epoch,
-                   monitor=(lambda: epoch_metrics(model, data)) if rank == 0 else None, pretrained_dir=pretrained)
+                   monitor=(lambda: epoch_metrics(model, data, a.compute)) if rank == 0 else None,
+                   pretrained_dir=pretrained)
     except FloatingPointError as err:
         # A run that diverges fails for its own config: ending the loop normally (every rank
         # diverges at the same epoch) with the cause at the coordinator keeps Ray Train from

@@ -6,7 +6,10 @@ model → optimizer → stopper), run a head's probe with ``run_head_probe``, tu
 probe results into weights with ``decide``, and walk the method's segments with
 ``train_plan``, which trains through ``engine.train_epochs``. So the engines cannot
 disagree about a run's initial parameters, its probes or its super-epochs: with one
-worker and the same seed they give the same weights.
+worker and the same seed they give the same weights. They also compute alike: the run's
+``Compute`` (``train.precision``, ``train.channels_last``) reaches its training, its
+evaluations and every probe from here, and a CUDA out-of-memory error in any of them is
+re-raised here naming the trainer or the probe's head (``compute.GPUMemoryError``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..data.loading import AnyDataset, RunData, prepare_data, select_modalities
 from ..data.sources import BatchSource, seeded_subset
 from ..storage.rundir import RESULTS, TRAJECTORY, RunDir
 from .balancing import balancing_rule
+from .compute import FP32, Compute, compute_of, explain_out_of_memory, memory_fixes, to_channels_last
 from .encoders import adopt_encoders, user_encoders
 from .engine import evaluate, make_optimizer, metrics_of, per_class_top1, predict, train_epochs
 from .fusion import adopt_fusions, user_fusions
@@ -53,7 +57,9 @@ class RunObserver(Protocol):
 @dataclass
 class Assembly:
     """A run, set up: its data, method, model, optimizer, early-stopping monitor, plan and,
-    for a balancing method, the engine's step rule that makes its updates."""
+    for a balancing method, the engine's step rule that makes its updates; how it computes
+    and, with fp16, its gradient scaler (one for the whole run, so the loss scale found in
+    one segment carries into the next)."""
 
     spec: RunSpec
     data: RunData
@@ -63,6 +69,8 @@ class Assembly:
     stopper: EarlyStopping | None
     segments: list[Segment]
     rule: StepRule | None = None
+    compute: Compute = FP32
+    scaler: torch.amp.GradScaler | None = None
 
 
 def extensions(spec: RunSpec | None = None) -> dict[str, dict]:
@@ -90,16 +98,21 @@ def assemble(spec: RunSpec, dataset: AnyDataset | None = None, device: str | tor
     """Set a run up in this process: ``train.threads``, its data (``dataset`` as the driver
     loaded it, or ``data.path``), its method, the seeded initial model on ``device``, the
     optimizer over the parameters the method trains, the early-stopping monitor, the
-    method's segments and its step rule (``balancing.balancing_rule``)."""
+    method's segments and its step rule (``balancing.balancing_rule``). With
+    ``train.channels_last`` the model's kernels are channels-last before the optimizer
+    takes them."""
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
     data = prepare_data(spec, dataset, device=device)
     method = method_of(spec, data.dataset)
+    compute = compute_of(spec)
     model = new_model(spec, data.dataset, method).to(device)
+    if compute.channels_last:
+        to_channels_last(model)
     optimizer = make_optimizer(trained_parameters(model, method), spec.optim)
     rule = balancing_rule(spec, method, model, data.dataset.num_classes, data.dataset.task)
     return Assembly(spec, data, method, model, optimizer, early_stopping(spec, method, model, data.heldout),
-                    segments_of(spec, method), rule)
+                    segments_of(spec, method), rule, compute, compute.grad_scaler(torch.device(device)))
 
 
 def new_model(spec: RunSpec, dataset: AnyDataset, method: Method | None = None) -> MultiHeadNet:
@@ -135,8 +148,9 @@ def early_stopping(spec: RunSpec, method: Method, model: MultiHeadNet, heldout: 
     """The ``early_stop`` baseline's monitor: the fused head's loss on V after every epoch."""
     if method.kind != "early_stop":
         return None
-    return EarlyStopping(model, lambda: evaluate(model, heldout, [FUSED], spec.train.eval_batch_size)[FUSED]["loss"],
-                         spec.baselines.patience)
+    compute = compute_of(spec)
+    return EarlyStopping(model, lambda: evaluate(model, heldout, [FUSED], spec.train.eval_batch_size,
+                                                 compute)[FUSED]["loss"], spec.baselines.patience)
 
 
 def trained_parameters(model: MultiHeadNet, method: Method) -> list:
@@ -187,12 +201,15 @@ def run_head_probe(spec: RunSpec, model: MultiHeadNet, data: RunData, head: str,
     """Algorithm 1 for one head from the checkpoint in ``model`` (trained in place: pass a
     copy), seeded by the run's seed, the boundary and the head, so every engine runs the
     same probe. With ``probes.subset`` < 1 it trains on that fraction of T, one subset per
-    boundary for every head."""
+    boundary for every head. It computes as the run does (``train.precision``,
+    ``train.channels_last``)."""
     train = seeded_subset(data.train, spec.probes.subset, probe_seed(spec.seed, epoch, -1))
-    return run_probe(model, head, train=train, train_subset=data.train_subset, heldout=data.heldout,
-                     optim=spec.optim, epochs=probe_epochs, start_epoch=epoch,
-                     seed=probe_seed(spec.seed, epoch, head_index), metric=spec.blend.metric,
-                     batch_size=spec.train.batch_size, lr_at=lr_schedule(spec))
+    with explain_out_of_memory(f"the probe of head {head!r} (round at epoch {epoch})",
+                               memory_fixes(spec, probe=True)):
+        return run_probe(model, head, train=train, train_subset=data.train_subset, heldout=data.heldout,
+                         optim=spec.optim, epochs=probe_epochs, start_epoch=epoch,
+                         seed=probe_seed(spec.seed, epoch, head_index), metric=spec.blend.metric,
+                         batch_size=spec.train.batch_size, lr_at=lr_schedule(spec), compute=compute_of(spec))
 
 
 def run_probes(spec: RunSpec, model: MultiHeadNet, data: RunData, segment: Segment) -> dict[str, ProbeResult]:
@@ -237,39 +254,43 @@ def train_plan(
     early-stopping monitor ends it early and puts the best epoch's model back."""
     spec, stopper = a.spec, a.stopper
     history: list[dict] = []
-    for segment in a.segments if segments is None else segments:
-        if segment.phase == FINETUNE:
-            if pretrained_dir is None:
-                raise ValueError("method pretrain needs a directory for the pre-trained encoders")
-            load_pretrained(a.model, a.optimizer, pretrained_dir)
-        weights = weights_for(segment)
-        tag = {f"weights/{h}": w for h, w in weights.items()}
+    # A probe inside a segment (in-process, probes.mode: inline) has named itself already.
+    with explain_out_of_memory("the trainer" + (f" (rank {rank})" if world_size > 1 else ""),
+                               memory_fixes(spec, probe=False)):
+        for segment in a.segments if segments is None else segments:
+            if segment.phase == FINETUNE:
+                if pretrained_dir is None:
+                    raise ValueError("method pretrain needs a directory for the pre-trained encoders")
+                load_pretrained(a.model, a.optimizer, pretrained_dir)
+            weights = weights_for(segment)
+            tag = {f"weights/{h}": w for h, w in weights.items()}
 
-        def note(record: dict, tag: dict = tag) -> bool:
-            history.append({**record, **tag, **(monitor() if monitor is not None else {})})
-            if on_epoch is not None:
-                on_epoch(history[-1])
-            return stopper is not None and stopper.step(record["epoch"])
+            def note(record: dict, tag: dict = tag) -> bool:
+                history.append({**record, **tag, **(monitor() if monitor is not None else {})})
+                if on_epoch is not None:
+                    on_epoch(history[-1])
+                return stopper is not None and stopper.step(record["epoch"])
 
-        train_epochs(
-            model, a.data.train, a.optimizer, weights, segment.epochs, start_epoch=segment.start,
-            batch_size=spec.train.batch_size, seed=spec.seed,
-            lr_at=lr_schedule(spec, segment.start if segment.phase == FINETUNE else 0),
-            full_heads=full_heads(spec, a.method), rank=rank, world_size=world_size, on_epoch=note, rule=a.rule,
-        )
-        if stopper is not None and stopper.stopped_at is not None:
-            break
+            train_epochs(
+                model, a.data.train, a.optimizer, weights, segment.epochs, start_epoch=segment.start,
+                batch_size=spec.train.batch_size, seed=spec.seed,
+                lr_at=lr_schedule(spec, segment.start if segment.phase == FINETUNE else 0),
+                full_heads=full_heads(spec, a.method), rank=rank, world_size=world_size, on_epoch=note,
+                rule=a.rule, compute=a.compute, scaler=a.scaler,
+            )
+            if stopper is not None and stopper.stopped_at is not None:
+                break
     if stopper is not None:
         stopper.restore()
     return history
 
 
-def epoch_metrics(model: MultiHeadNet, data: RunData) -> dict[str, float]:
+def epoch_metrics(model: MultiHeadNet, data: RunData, compute: Compute = FP32) -> dict[str, float]:
     """Every head's loss and top-1 (multi-label: mAP) on T' (``train/``) and V
     (``val/``): the per-epoch train and validation curves (the paper's Fig. 4)."""
     out = {}
     for split, part in (("train", data.train_subset), ("val", data.heldout)):
-        for head, m in evaluate(model, part).items():
+        for head, m in evaluate(model, part, compute=compute).items():
             out.update({f"{split}/{head}/{k}": m[k] for k in ("loss", "top1", "mAP") if k in m})
     return out
 
@@ -277,7 +298,8 @@ def epoch_metrics(model: MultiHeadNet, data: RunData) -> dict[str, float]:
 def final_results(a: Assembly, trajectory: list[dict], history: list[dict], seconds: float) -> dict:
     """``results.json``: every head's test metrics, the prediction head's under ``test``."""
     spec, model, data, method = a.spec, a.model, a.data, a.method
-    predictions = predict(model, data.test, batch_size=spec.train.eval_batch_size)
+    with explain_out_of_memory("the trainer (evaluating the test split)", memory_fixes(spec, probe=False)):
+        predictions = predict(model, data.test, batch_size=spec.train.eval_batch_size, compute=a.compute)
     heads = {h: metrics_of(p, data.test.clips_per_sample) for h, p in predictions.items()}
     return {
         "method": method.name,

@@ -10,6 +10,11 @@ clips decoded from video files by worker processes (``MediaData``). ``batch_orde
 its shard of a seeded permutation per epoch, like ``DistributedSampler``, so the order
 depends only on (seed, epoch, rank, world size) and a 1-worker Ray run sees the same
 batches as the in-process runner.
+
+``compute`` (``compute.py``) is ``train.precision`` and ``train.channels_last``: the step's
+forward pass and losses, and evaluation's forward pass, run under its autocast; with fp16
+a ``GradScaler`` scales the backward pass and is unscaled before the step rule's gradient
+surgery, so a balancing method reads and changes true gradients.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from torch import nn
 from ..core.metrics import mean_auc, mean_average_precision
 from ..core.spec import OPTIMIZERS, OptimSpec
 from ..data.sources import Batch, BatchSource
+from .compute import FP32, Compute
+from .compute import to_device as _tensor_to_device
 from .objective import BlendRule, StepContext, StepRule, head_loss
 
 
@@ -33,9 +40,12 @@ def sequential_order(n: int, batch_size: int) -> list[torch.Tensor]:
     return [torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
 
-def to_device(device: torch.device, batch: Batch) -> Batch:
+def to_device(device: torch.device, batch: Batch, channels_last: bool = False) -> Batch:
+    """A batch on ``device`` (``compute.to_device``: asynchronous to a GPU; 4-D and 5-D
+    inputs channels-last with ``channels_last``)."""
     inputs, targets = batch
-    return {m: x.to(device, non_blocking=True) for m, x in inputs.items()}, targets.to(device, non_blocking=True)
+    return ({m: _tensor_to_device(device, x, channels_last) for m, x in inputs.items()},
+            _tensor_to_device(device, targets))
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -83,6 +93,8 @@ def train_epochs(
     world_size: int = 1,
     on_epoch: Callable[[dict], bool | None] | None = None,
     rule: StepRule | None = None,
+    compute: Compute = FP32,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> list[dict]:
     """Train ``epochs`` epochs from ``start_epoch``; each step is ``rule``'s (``objective.py``:
     its losses, its backward pass(es), its gradient surgery), by default ``BlendRule``:
@@ -95,6 +107,9 @@ def train_epochs(
     ``loss/head_train``, ...), with learned weights ``learned/<head>`` = exp(−s_i), and the
     rule's own per-epoch diagnostics (``<rule>/...``). ``on_epoch`` gets each record; a true
     return stops training (early stopping).
+
+    ``compute`` sets autocast and channels-last; with fp16, ``scaler`` is the run's
+    ``GradScaler`` (its scale carries over from segment to segment), a fresh one if None.
     """
     core = getattr(model, "module", model)  # under DDP, the MultiHeadNet
     learned = getattr(core, "log_vars", None) is not None
@@ -103,10 +118,13 @@ def train_epochs(
     model.train()
     device = _device_of(model)
     zero = torch.zeros((), device=device)
+    if scaler is None:
+        scaler = compute.grad_scaler(device)
     # A rule with several passes per step averages its gradients itself (DDP's hooks expect
     # one backward pass per forward pass).
     step_scope = (model.no_sync if rule.syncs_gradients and hasattr(model, "no_sync") else contextlib.nullcontext)
-    ctx = StepContext(model, core, data, batch_size, seed=seed, rank=rank, world_size=world_size, device=device)
+    ctx = StepContext(model, core, data, batch_size, seed=seed, rank=rank, world_size=world_size, device=device,
+                      compute=compute, scaler=scaler)
     history = []
     for epoch in range(start_epoch, start_epoch + epochs):
         if lr_at is not None:
@@ -118,13 +136,22 @@ def train_epochs(
         steps = 0
         order = batch_order(len(data), batch_size, seed, epoch, rank, world_size)
         for batch in data.batches(order, train=True, epoch=epoch):
-            inputs, targets = to_device(device, batch)
+            inputs, targets = to_device(device, batch, compute.channels_last)
             optimizer.zero_grad(set_to_none=True)
             with step_scope():
-                terms = rule.losses(ctx, inputs, targets)
+                with compute.autocast(device):  # the backward pass runs outside, as autocast wants
+                    terms = rule.losses(ctx, inputs, targets)
                 rule.backward(ctx, terms)
+            if scaler is not None:
+                # before the rule's surgery: OGM-GE's noise and AGM's clip threshold are
+                # sized for true gradients, not for gradients times the loss scale
+                scaler.unscale_(optimizer)
             rule.after_backward(ctx)
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)  # skipped when a gradient overflowed; the scale backs off
+                scaler.update()
+            else:
+                optimizer.step()
             for name, value in terms.items():
                 sums[name] = sums.get(name, zero) + value.detach()
             steps += 1
@@ -139,7 +166,9 @@ def train_epochs(
             raise FloatingPointError(f"training diverged at epoch {epoch + 1}: per-head losses {losses_text}"
                                      + (" (on this rank; another rank's were not finite)"
                                         if all(math.isfinite(v) for v in losses_text.values()) else "")
-                                     + "; lower optim.lr")
+                                     + "; lower optim.lr"
+                                     + (f", or try train.precision: fp32 (this ran under {compute.precision} "
+                                        "autocast)" if compute.precision != "fp32" else ""))
         record.update(rule.end_epoch(ctx))
         history.append(record)
         if on_epoch is not None and on_epoch(record):
@@ -176,10 +205,11 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model: nn.Module, data: BatchSource, heads: Sequence[str] | None = None,
-            batch_size: int = 1024) -> dict[str, Predictions]:
+            batch_size: int = 1024, compute: Compute = FP32) -> dict[str, Predictions]:
     """Run ``model`` (eval mode) over every sample of ``data``; average each sample's
     ``data.clips_per_sample`` clips into one prediction (the paper's video-level
-    evaluation over K uniformly spaced clips)."""
+    evaluation over K uniformly spaced clips). The forward pass runs under ``compute``'s
+    autocast; losses and scores are taken in fp32."""
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -190,10 +220,13 @@ def predict(model: nn.Module, data: BatchSource, heads: Sequence[str] | None = N
     target_parts = []
     try:
         for batch in data.batches(sequential_order(len(data), batch_size), train=False, epoch=0):
-            inputs, targets = to_device(device, batch)
+            inputs, targets = to_device(device, batch, compute.channels_last)
             clip_targets = targets.repeat_interleave(k, dim=0) if k > 1 else targets
             target_parts.append(targets.cpu())
-            for head, out in model(inputs, heads=heads).items():
+            with compute.autocast(device):
+                outputs = model(inputs, heads=heads)
+            for head, out in outputs.items():
+                out = out.float()  # the same tensor in fp32
                 s = sums.setdefault(head, [0.0, 0.0, 0.0, 0.0])
                 s[0] += head_loss(out, clip_targets).item() * len(out)
                 s[1] += len(out)
@@ -231,9 +264,10 @@ def metrics_of(p: Predictions, clips_per_sample: int = 1) -> dict[str, float]:
 
 
 def evaluate(model: nn.Module, data: BatchSource, heads: Sequence[str] | None = None,
-             batch_size: int = 1024) -> dict[str, dict[str, float]]:
+             batch_size: int = 1024, compute: Compute = FP32) -> dict[str, dict[str, float]]:
     """Every head's metrics (``metrics_of``) on ``data``, in eval mode."""
-    return {h: metrics_of(p, data.clips_per_sample) for h, p in predict(model, data, heads, batch_size).items()}
+    return {h: metrics_of(p, data.clips_per_sample)
+            for h, p in predict(model, data, heads, batch_size, compute).items()}
 
 
 def per_class_top1(predictions: dict[str, Predictions], num_classes: int) -> dict[str, list[float | None]]:

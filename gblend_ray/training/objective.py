@@ -20,6 +20,13 @@ first, so every rank applies the same ones. A rule that needs several forward or
 passes per step sets ``syncs_gradients``: the loop then runs its step under DDP's
 ``no_sync`` and the rule averages the gradients itself (``ctx.average_gradients``), at the
 point its method needs them averaged.
+
+Under ``train.precision`` bf16 or fp16 the loop runs ``rule.losses`` inside autocast, and
+with fp16 a rule's backward passes differentiate ``ctx.scaled(loss)``; the loop unscales the
+gradients before ``after_backward``. A rule that changes gradients inside ``backward``
+(MMPareto) thus works on gradients times one loss scale S, which is sound only for
+surgery that is positively homogeneous in them (f(S·g) = S·f(g)); anything else belongs in
+``after_backward``.
 """
 
 from __future__ import annotations
@@ -32,11 +39,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.sources import BatchSource
+from .compute import FP32, Compute
 from .model import DETACHED, LOG_VAR
 
 
 def head_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for class indices; binary cross-entropy for multi-label 0/1 targets."""
+    """Cross-entropy for class indices; binary cross-entropy for multi-label 0/1 targets.
+    Taken in fp32 whatever the logits' dtype (autocast's bf16 or fp16; fp32 logits are used as they are)."""
+    logits = logits.float()
     if targets.dtype.is_floating_point:
         return F.binary_cross_entropy_with_logits(logits, targets)
     return F.cross_entropy(logits, targets)
@@ -50,7 +60,8 @@ def _distributed(world_size: int) -> bool:
 class StepContext:
     """What a rule may use of the loop: the model as trained (``model``, the DDP wrapper
     under DDP) and unwrapped (``core``, the ``MultiHeadNet``), the epoch, the step within
-    it, this rank's place, the run's seed, and the training data (for a pass of its own)."""
+    it, this rank's place, the run's seed, the training data (for a pass of its own), and
+    how the loop computes (``compute``; ``scaler``, fp16's ``GradScaler``, else None)."""
 
     model: nn.Module
     core: nn.Module
@@ -62,6 +73,16 @@ class StepContext:
     epoch: int = 0
     step: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    compute: Compute = FP32
+    scaler: torch.amp.GradScaler | None = None
+
+    def autocast(self):
+        """The loop's autocast, for a rule's forward passes outside ``losses`` (PMR's prototypes)."""
+        return self.compute.autocast(self.device)
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """What a backward pass differentiates: ``loss`` times fp16's loss scale; ``loss`` itself otherwise."""
+        return self.scaler.scale(loss) if self.scaler is not None else loss
 
     def all_reduce(self, value: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """``value`` summed (``op="sum"``) or averaged (``"mean"``) over the ranks; itself in
@@ -105,7 +126,7 @@ class StepRule:
         raise NotImplementedError
 
     def backward(self, ctx: StepContext, terms: dict[str, torch.Tensor]) -> None:
-        terms["total"].backward()
+        ctx.scaled(terms["total"]).backward()
 
     def after_backward(self, ctx: StepContext) -> None:
         pass

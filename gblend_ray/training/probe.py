@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from ..core.blend import Measurement
 from ..core.spec import OptimSpec
 from ..data.sources import BatchSource
+from .compute import FP32, Compute
 from .engine import evaluate, make_optimizer, train_epochs
 from .model import MultiHeadNet
+
 
 def _metric_key(metric: str, result: dict[str, float]) -> str:
     """What ``blend.metric`` reads from a head's metrics: its loss, or the task's accuracy
@@ -51,10 +53,10 @@ def probe_seed(seed: int, epoch: int, head_index: int) -> int:
 
 
 def measure(model: MultiHeadNet, head: str, train_subset: BatchSource, heldout: BatchSource,
-            metric: str, batch_size: int = 1024) -> tuple[float, float]:
+            metric: str, batch_size: int = 1024, compute: Compute = FP32) -> tuple[float, float]:
     """The head's metric (``loss`` or ``accuracy``: top-1, multi-label mAP) on T' and on V."""
-    on_train = evaluate(model, train_subset, [head], batch_size)[head]
-    on_val = evaluate(model, heldout, [head], batch_size)[head]
+    on_train = evaluate(model, train_subset, [head], batch_size, compute)[head]
+    on_val = evaluate(model, heldout, [head], batch_size, compute)[head]
     key = _metric_key(metric, on_train)
     return on_train[key], on_val[key]
 
@@ -73,18 +75,21 @@ def run_probe(
     metric: str = "loss",
     batch_size: int = 64,
     lr_at: Callable[[int], float] | None = None,
+    compute: Compute = FP32,
 ) -> ProbeResult:
     """Run one probe on ``model``, which it trains in place: pass a copy of the checkpoint.
 
     The optimizer is fresh (Algorithm 1 copies the weights, not the optimizer state) and
     of the main run's kind; ``lr_at`` continues the main run's learning-rate schedule
-    from ``start_epoch``.
+    from ``start_epoch``. ``compute`` is the main run's (``train.precision``,
+    ``train.channels_last``): a probe computes as the run it estimates for; with fp16 its
+    loss scale starts fresh, as its optimizer does.
     """
     began, started = time.perf_counter(), time.time()
-    train_before, val_before = measure(model, head, train_subset, heldout, metric)
+    train_before, val_before = measure(model, head, train_subset, heldout, metric, compute=compute)
     optimizer = make_optimizer(model.parameters_of(head), optim)
     train_epochs(model, train, optimizer, {head: 1.0}, epochs, start_epoch=start_epoch,
-                 batch_size=batch_size, seed=seed, lr_at=lr_at)
-    train_after, val_after = measure(model, head, train_subset, heldout, metric)
+                 batch_size=batch_size, seed=seed, lr_at=lr_at, compute=compute)
+    train_after, val_after = measure(model, head, train_subset, heldout, metric, compute=compute)
     return ProbeResult(head, Measurement(train_before, val_before, train_after, val_after),
                        time.perf_counter() - began, started, time.time(), len(train))

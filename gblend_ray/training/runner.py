@@ -43,10 +43,10 @@ def _save_boundary(run: RunDir, a, epoch: int, history: list[dict]) -> None:
     ``KEEP_CHECKPOINTS`` go."""
     target = _boundary(run, epoch)
     if target.local_path is not None:
-        save_checkpoint(target.local_path, a.model, a.optimizer, epoch, None, history)
+        save_checkpoint(target.local_path, a.model, a.optimizer, epoch, None, history, scaler=a.scaler)
     else:
         with tempfile.TemporaryDirectory(prefix="gblend-ckpt-") as staged:
-            target.upload_from(save_checkpoint(staged, a.model, a.optimizer, epoch, None, history))
+            target.upload_from(save_checkpoint(staged, a.model, a.optimizer, epoch, None, history, scaler=a.scaler))
     for old in run.checkpoint_epochs()[:-KEEP_CHECKPOINTS]:
         _boundary(run, old).remove()
 
@@ -76,6 +76,8 @@ def run_inline(spec: RunSpec, out_dir: str | Path | RunDir | None = None, datase
             state = _load_boundary(run, epochs[-1])
             a.model.load_state_dict(state.model)
             a.optimizer.load_state_dict(state.optimizer)
+            if a.scaler is not None and state.scaler:
+                a.scaler.load_state_dict(state.scaler)
             torch.set_rng_state(state.rng)
             history, start = state.history, state.epoch
         trajectory = [r for r in run.read_json(TRAJECTORY, []) if r["epoch"] <= start]
@@ -113,7 +115,8 @@ def run_inline(spec: RunSpec, out_dir: str | Path | RunDir | None = None, datase
         local = run.location.local_path if run is not None else None
         pretrained = local / PRETRAINED if local is not None else Path(scratch)
         train_plan(a, a.model, weights_for, segments=[s for s in a.segments if s.start >= start],
-                   monitor=lambda: epoch_metrics(a.model, a.data), on_epoch=on_epoch, pretrained_dir=pretrained)
+                   monitor=lambda: epoch_metrics(a.model, a.data, a.compute), on_epoch=on_epoch,
+                   pretrained_dir=pretrained)
         if run is not None and local is None and any(pretrained.iterdir()):
             (run / PRETRAINED).upload_from(pretrained)
     results = final_results(a, trajectory, history, time.perf_counter() - began)

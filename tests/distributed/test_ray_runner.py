@@ -134,6 +134,25 @@ def test_probe_trials_never_take_the_trainers_share():
     assert probe_trials_that_fit(spec, 3, available={"CPU": 2.0}) == 2
 
 
+def test_fractional_gpu_probe_trials_fit_beside_a_trainer_on_a_gpu_share():
+    from gblend_ray.distributed.cluster import probe_trials_that_fit
+    from gblend_ray.distributed.ray_runner import resources_for
+
+    spec = RunSpec()
+    spec.trainer.use_gpu = True
+    spec.trainer.resources_per_worker = {"CPU": 1.0, "GPU": 0.25}
+    spec.probes.resources = {"CPU": 0.25, "GPU": 0.25}
+    one_gpu = {"CPU": 4.0, "GPU": 1.0}
+    assert resources_for(spec, 3) == {"CPU": 1.75, "GPU": 1.0}  # trainer + a probe trial per head, one GPU
+    check_resources(spec, 3, available=one_gpu)
+    assert probe_trials_that_fit(spec, 3, available=one_gpu) == 3
+    spec.probes.resources = {"CPU": 0.25, "GPU": 0.5}
+    assert probe_trials_that_fit(spec, 3, available=one_gpu) == 1  # 0.75 GPU left: one trial, the queue shared
+    spec.trainer.resources_per_worker = {"CPU": 1.0}  # the trainer takes a whole GPU: no share is left
+    with pytest.raises(ResourceError, match=r"1.5 GPU.*probes.resources"):
+        check_resources(spec, 3, available=one_gpu)
+
+
 def test_a_media_run_on_ray_decodes_clips_in_the_workers(ray_cluster, tmp_path):
     """mp4 files through Ray Train and the Tune probe trials: every process loads the
     manifest and decodes its own clips."""

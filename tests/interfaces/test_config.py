@@ -235,6 +235,46 @@ def test_probes_subset_is_a_fraction_of_the_train_split(subset):
     assert "(0, 1]" in str(err)
 
 
+# --------------------------------------------------------------------------- the GPU path
+
+
+def test_gpu_path_options_load_with_their_defaults(tmp_path):
+    spec = spec_from_dict(_raw())
+    assert spec.train.precision == "fp32" and spec.train.channels_last is False
+    assert spec.data.media.prefetch_factor == 2
+    path = _write(tmp_path, "data: {path: ds, media: {prefetch_factor: 4}}\n"
+                            "train: {precision: bf16, channels_last: true}\n"
+                            "trainer: {use_gpu: true, resources_per_worker: {CPU: 1, GPU: 0.25}}\n"
+                            "probes: {resources: {GPU: 0.25}}\n")
+    spec = load_config(path)
+    assert (spec.train.precision, spec.train.channels_last, spec.data.media.prefetch_factor) == ("bf16", True, 4)
+    assert spec.probes.resources == {"GPU": 0.25}  # the section's mapping replaces the default
+    spec = load_config(path, ["probes.resources.CPU=0.5", "train.precision=fp16"])
+    assert spec.probes.resources == {"GPU": 0.25, "CPU": 0.5} and spec.train.precision == "fp16"
+
+
+def test_precision_is_one_of_its_choices():
+    err = _fails(_raw(train={"precision": "bf61"}), "train.precision")
+    assert "fp32, bf16, fp16" in str(err) and "did you mean 'bf16'" in str(err)
+    _fails(_raw(train={"channels_last": "yes"}), "train.channels_last")
+    _fails(_raw(data={"media": {"prefetch_factor": 0}}), "data.media.prefetch_factor")
+
+
+def test_gpu_probes_need_the_trainer_on_a_gpu():
+    err = _fails(_raw(probes={"resources": {"GPU": 0.25}}), "probes.resources.GPU")
+    assert "trainer.use_gpu: true" in str(err)
+    spec_from_dict(_raw(probes={"resources": {"GPU": 0.25}}, trainer={"use_gpu": True}))
+
+
+def test_a_gpu_share_above_one_is_whole():
+    err = _fails(_raw(trainer={"use_gpu": True}, probes={"resources": {"GPU": 1.5}}), "probes.resources.GPU")
+    assert "whole number of GPUs" in str(err) and "1 or 2" in str(err)
+    _fails(_raw(trainer={"use_gpu": True, "resources_per_worker": {"CPU": 1, "GPU": 2.5}}),
+           "trainer.resources_per_worker.GPU")
+    spec_from_dict(_raw(trainer={"use_gpu": True, "resources_per_worker": {"GPU": 2}},
+                        probes={"resources": {"GPU": 0.5}}))
+
+
 def test_choice_typo_suggests():
     err = _fails(_raw(optim={"name": "adm"}), "optim.name")
     assert "did you mean 'adam'" in str(err)

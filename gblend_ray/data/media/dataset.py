@@ -10,8 +10,9 @@ what is wrong (``on_bad_sample: error``), or is left out and recorded in
 ``MediaDataset.skipped`` (``on_bad_sample: skip``).
 
 ``MediaData.batches`` runs a ``torch.utils.data.DataLoader`` with the engine's batches as
-its ``batch_sampler`` and ``num_workers`` worker processes (one torch thread each), so the
-batches, their order and their augmentation match the in-memory ``TensorData`` contract.
+its ``batch_sampler`` and ``num_workers`` worker processes (one torch thread each, kept
+from pass to pass), so the batches, their order and their augmentation match the
+in-memory ``TensorData`` contract.
 A file that fails to decode inside a worker surfaces as a :class:`MediaError` naming it.
 """
 
@@ -121,10 +122,11 @@ class MediaDataset(LabelledSamples):
         return dict(self.modalities)
 
     def source(self, indices: Sequence[int] | np.ndarray, modalities: Sequence[str] | None = None, *,
-               train: bool, clips_per_sample: int = 1, seed: int = 0) -> MediaData:
+               train: bool, clips_per_sample: int = 1, seed: int = 0, pin_memory: bool = False) -> MediaData:
         """The samples ``indices`` as a ``BatchSource``. ``train``: whether ``batches(train=True)``
         augments (False: an evaluation source, always the centre clip and crop);
-        ``clips_per_sample``: K clips per sample (the paper's video-level evaluation)."""
+        ``clips_per_sample``: K clips per sample (the paper's video-level evaluation);
+        ``pin_memory``: batches in page-locked memory, for a run on CUDA."""
         mods = list(self.modalities) if modalities is None else list(modalities)
         unknown = [m for m in mods if m not in self.modalities]
         if unknown or not mods:
@@ -136,7 +138,7 @@ class MediaDataset(LabelledSamples):
         dtype = torch.float32 if self.task == "multilabel" else torch.int64
         return MediaData([self.clips[int(i)] for i in idx], torch.as_tensor(self.labels[idx], dtype=dtype),
                          tuple(mods), self.spec, train=train, clips_per_sample=clips_per_sample, seed=seed,
-                         flow_bound=self.flow.bound if self.flow is not None else 0.0)
+                         flow_bound=self.flow.bound if self.flow is not None else 0.0, pin_memory=pin_memory)
 
 
 def load_media_dataset(path: str | Path, spec: MediaSpec, modalities: list[str] | None = None) -> MediaDataset:
@@ -200,34 +202,54 @@ class _Failed:
 
 
 class _Clips(torch.utils.data.Dataset):
-    """What the DataLoader's workers run: one item is one sample's clips for every modality."""
+    """What the DataLoader's workers run: one item is one sample's clips for every modality,
+    asked for as ``(position, augment, epoch)``, so that one set of persistent workers serves
+    every pass over the source."""
 
-    def __init__(self, data: MediaData, augment: bool, epoch: int):
-        self.data, self.augment, self.epoch = data, augment, epoch
+    def __init__(self, data: MediaData):
+        # MediaData's fields, not the MediaData itself: it holds the loader that holds this
+        # object, and without a reference cycle its workers end as soon as it is dropped.
+        self.clips, self.targets, self.modalities = data.clips, data.targets, data.modalities
+        self.spec, self.clips_per_sample, self.seed, self.flow_bound = (data.spec, data.clips_per_sample, data.seed,
+                                                                        data.flow_bound)
         self._log_mel = LogMel(data.spec)
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.clips)
 
-    def __getitem__(self, position: int) -> tuple[dict[str, torch.Tensor], torch.Tensor] | _Failed:
-        d = self.data
-        clip = d.clips[position]
+    def __getitem__(self, key: tuple[int, bool, int]) -> tuple[dict[str, torch.Tensor], torch.Tensor] | _Failed:
+        position, augment, epoch = key
+        clip = self.clips[position]
         try:
-            plans = plan_clips(clip, d.spec, d.clips_per_sample, self.augment, d.seed, self.epoch)
+            plans = plan_clips(clip, self.spec, self.clips_per_sample, augment, self.seed, epoch)
             out = {}
             with av.open(clip.path) as container:
-                if "video" in d.modalities:
-                    out["video"] = video_clips(container, clip, plans, d.spec)
-                if "audio" in d.modalities:
+                if "video" in self.modalities:
+                    out["video"] = video_clips(container, clip, plans, self.spec)
+                if "audio" in self.modalities:
                     out["audio"] = audio_clips(container, plans, self._log_mel)
-            if "flow" in d.modalities:
-                out["flow"] = flow_clips(clip, plans, d.spec, d.flow_bound)
+            if "flow" in self.modalities:
+                out["flow"] = flow_clips(clip, plans, self.spec, self.flow_bound)
         except MediaError as e:
             return _Failed(str(e))
         except (av.FFmpegError, OSError, ValueError, RuntimeError, EOFError) as e:
             return _Failed(f"{clip.path}: cannot be decoded ({type(e).__name__}: {e}); the file changed or is "
                            "corrupt since it was checked at load time: re-encode or remove it")
-        return out, d.targets[position]
+        return out, self.targets[position]
+
+
+class _Order:
+    """A DataLoader's batch sampler whose batches are set before each pass (a persistent
+    DataLoader iterates its one sampler anew at every pass)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, bool, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def _collate(items: list) -> tuple[dict[str, torch.Tensor], torch.Tensor] | _Failed:
@@ -245,7 +267,12 @@ def _worker_init(_: int) -> None:
 
 @dataclass(eq=False)
 class MediaData:
-    """Clips of some samples of a ``MediaDataset``, as the engine's ``BatchSource``."""
+    """Clips of some samples of a ``MediaDataset``, as the engine's ``BatchSource``.
+
+    With ``spec.num_workers`` > 0 its DataLoader's worker processes persist from pass to
+    pass (each epoch, each evaluation), ``spec.prefetch_factor`` batches ahead each, and end
+    when the source is dropped. ``pin_memory``: batches come in page-locked memory, which the
+    engine copies to a GPU without blocking (set for a run on CUDA)."""
 
     clips: list[ClipSource]
     targets: torch.Tensor
@@ -255,6 +282,13 @@ class MediaData:
     clips_per_sample: int = 1
     seed: int = 0
     flow_bound: float = 0.0
+    pin_memory: bool = False
+    _loader: torch.utils.data.DataLoader | None = field(default=None, init=False, repr=False)
+    _busy: bool = field(default=False, init=False, repr=False)
+
+    def __getstate__(self) -> dict:
+        # worker processes do not travel: a copy (pickled to a Ray worker) starts its own
+        return {**self.__dict__, "_loader": None, "_busy": False}
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -268,16 +302,31 @@ class MediaData:
         """The clips ``batches`` cuts from the sample at ``position`` (for inspection and tests)."""
         return plan_clips(self.clips[position], self.spec, self.clips_per_sample, train and self.train, self.seed, epoch)
 
+    def _new_loader(self, persistent: bool) -> torch.utils.data.DataLoader:
+        workers = self.spec.num_workers
+        return torch.utils.data.DataLoader(
+            _Clips(self), batch_sampler=_Order(), num_workers=workers, collate_fn=_collate,
+            worker_init_fn=_worker_init if workers > 0 else None, pin_memory=self.pin_memory,
+            persistent_workers=persistent, prefetch_factor=self.spec.prefetch_factor if workers > 0 else None)
+
     def batches(self, order: Sequence[torch.Tensor], *, train: bool, epoch: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         """One ``(inputs, targets)`` per index tensor of ``order`` (``engine.BatchSource``):
         ``inputs[m]`` is (len(index) × K, *shape), the K clips of a sample consecutive."""
-        dataset = _Clips(self, augment=train and self.train, epoch=epoch)
+        augment = train and self.train
+        keys = [[(int(i), augment, epoch) for i in index] for index in order]
         workers = self.spec.num_workers
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=[[int(i) for i in index] for index in order], num_workers=workers,
-            collate_fn=_collate, worker_init_fn=_worker_init if workers > 0 else None,
-            pin_memory=torch.cuda.is_available())
+        # A pass begun while another pass over this source is still open gets workers of its
+        # own: restarting the persistent ones would cut the open pass short.
+        reuse = workers > 0 and not self._busy
+        if reuse:
+            if self._loader is None:
+                self._loader = self._new_loader(persistent=True)
+            loader, self._busy = self._loader, True
+        else:
+            loader = self._new_loader(persistent=False)
+        loader.batch_sampler.batches = keys
         batches = iter(loader)
+        finished = False
         try:
             while True:
                 if workers == 0:
@@ -291,13 +340,19 @@ class MediaData:
                     if workers == 0:
                         torch.set_num_threads(threads)
                 if batch is None:
+                    finished = True
                     return
                 if isinstance(batch, _Failed):
                     raise MediaError(batch.message)
                 yield batch
         finally:
-            # stop the workers now, not whenever the garbage collector finds the iterator (an
-            # exception's traceback keeps this frame alive)
-            shutdown = getattr(batches, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+            if reuse:
+                self._busy = False
+            if not (reuse and finished):
+                # stop the workers now, not whenever the garbage collector finds the iterator (an
+                # exception's traceback keeps this frame alive); persistent ones left mid-pass go too
+                shutdown = getattr(batches, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
+                if reuse:
+                    self._loader = None

@@ -63,6 +63,11 @@ def _check_method(spec: RunSpec, modalities: list[str] | None) -> None:
 def _check_resources(path: str, resources: dict) -> None:
     for name, amount in resources.items():
         _check_range(f"{path}.{name}", amount, "a number >= 0", _is_number(amount) and amount >= 0)
+    gpu = resources.get("GPU", 0)
+    if gpu > 1 and not float(gpu).is_integer():
+        # Ray places a task on a share of one GPU or on whole GPUs, never on 1.5 of them
+        raise field_error(f"{path}.GPU", f"a share above 1 GPU must be a whole number of GPUs, got {gpu!r}; "
+                                         f"give a fraction of one GPU (e.g. 0.5) or {int(gpu)} or {int(gpu) + 1}")
 
 
 def validate(spec: RunSpec) -> None:
@@ -102,6 +107,7 @@ def validate(spec: RunSpec) -> None:
         raise field_error("data.media.size", f"the crop ({md.size}) is cut from frames whose short side is "
                                         f"data.media.resize ({md.resize}): lower size or raise resize")
     _check_int_min("data.media.num_workers", md.num_workers, 0)
+    _check_int_min("data.media.prefetch_factor", md.prefetch_factor, 1)
     if md.flow_dir is not None:
         _check_nonempty("data.media.flow_dir", md.flow_dir)
 
@@ -159,6 +165,10 @@ def validate(spec: RunSpec) -> None:
     _check_resources("trainer.resources_per_worker", tr.resources_per_worker)
     p = spec.probes
     _check_resources("probes.resources", p.resources)
+    if p.resources.get("GPU", 0) > 0 and not tr.use_gpu:
+        raise field_error("probes.resources.GPU",
+                          f"probe trials on a GPU ({p.resources['GPU']!r} each) need the trainer on one: set "
+                          "trainer.use_gpu: true, or leave GPU out of probes.resources")
     _check_int_min("probes.max_concurrent", p.max_concurrent, 1, optional=True)
     _check_range("probes.subset", p.subset, "a fraction of the train split in (0, 1] (1: all of T)",
                  _is_number(p.subset) and 0 < p.subset <= 1)

@@ -22,7 +22,8 @@ def target_prob_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     and PMR's, on prototype logits (``main_Prototype_grad.py``: ``score_a_p``). Both only read it
     to choose coefficients, so no gradient flows through it."""
     check_class_targets(targets, "this score")
-    probs = torch.softmax(logits.detach(), dim=1)
+    # fp32 under autocast too: a sum of a batch's probabilities in bf16 keeps 2-3 digits
+    probs = torch.softmax(logits.detach().float(), dim=1)
     return probs.gather(1, targets.long().view(-1, 1)).sum()
 
 

@@ -99,7 +99,7 @@ def agm_scores(responses: Mapping[str, torch.Tensor], targets: torch.Tensor,
     check_class_targets(targets, "AGM")
     cap = -math.log(floor)
     index = targets.long().view(-1, 1)
-    return {m: (-torch.log_softmax(o.detach(), dim=1).gather(1, index)).clamp_max(cap).mean()
+    return {m: (-torch.log_softmax(o.detach().float(), dim=1).gather(1, index)).clamp_max(cap).mean()
             for m, o in responses.items()}
 
 
@@ -217,11 +217,12 @@ class AGMRule(StepRule):
 
     def losses(self, ctx: StepContext, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
         model = ctx.model
-        outputs = {frozenset(self.modalities): model(inputs, heads=[FUSED])[FUSED]}
+        # The Shapley sums and κ in fp32 under autocast too: κ reaches e^(α·10), past fp16's range.
+        outputs = {frozenset(self.modalities): model(inputs, heads=[FUSED])[FUSED].float()}
         model.eval()
         try:
             for present in coalitions(self.modalities)[1:]:
-                outputs[present] = model(mask_inputs(inputs, present), heads=[FUSED])[FUSED]
+                outputs[present] = model(mask_inputs(inputs, present), heads=[FUSED])[FUSED].float()
         finally:
             model.train()
         responses = shapley_responses(outputs, self.modalities)

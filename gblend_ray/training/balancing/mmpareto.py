@@ -135,12 +135,15 @@ class MMParetoRule(StepRule):
         return {**losses, "total": losses[FUSED] + unimodal, "blend": losses[FUSED] + unimodal, "unimodal": unimodal}
 
     def backward(self, ctx: StepContext, terms: dict[str, torch.Tensor]) -> None:
-        terms[FUSED].backward(retain_graph=True)
+        # With fp16 both passes carry the one loss scale S, and the combination is positively
+        # homogeneous (the weights are ratios of dot products, the magnitude rule scales with
+        # g1 and g2), so it gives S times the true gradients, which the loop then unscales.
+        ctx.scaled(terms[FUSED]).backward(retain_graph=True)
         ctx.average_gradients(self._params)
         g1 = {id(p): p.grad.clone() if p.grad is not None else None for p in self._params}
         for p in self._params:
             p.grad = None
-        terms["unimodal"].backward()
+        ctx.scaled(terms["unimodal"]).backward()
         ctx.average_gradients(self._params)
         for p in self._heads:  # the heads keep the summed loss's gradient
             a = g1[id(p)]

@@ -56,9 +56,10 @@ class Prototypes:
         labels = labels.long()
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got {labels.min()}..{labels.max()}")
-        if self._sums is None:
-            self._sums = features.new_zeros(self.num_classes, features.shape[1])
-            self._counts = features.new_zeros(self.num_classes)
+        if self._sums is None:  # at least fp32: features from an autocast pass are bf16 or fp16
+            dtype = torch.promote_types(features.dtype, torch.float32)
+            self._sums = features.new_zeros(self.num_classes, features.shape[1], dtype=dtype)
+            self._counts = features.new_zeros(self.num_classes, dtype=dtype)
         self._sums.index_add_(0, labels, features.detach().to(self._sums.dtype))
         self._counts.index_add_(0, labels, torch.ones_like(labels, dtype=self._counts.dtype))
 
@@ -154,8 +155,9 @@ class PMRRule(StepRule):
         core.eval()
         try:
             for batch in ctx.data.batches(order, train=True, epoch=epoch):
-                inputs, targets = to_device(ctx.device, batch)
-                out = core(inputs, heads=[], features=True)
+                inputs, targets = to_device(ctx.device, batch, ctx.compute.channels_last)
+                with ctx.autocast():
+                    out = core(inputs, heads=[], features=True)
                 for m in self.modalities:
                     self.prototypes[m].add(out[m + FEATURES], targets)
         finally:

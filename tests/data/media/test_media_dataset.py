@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import math
+import multiprocessing
 import os
 import pickle
 import re
@@ -109,6 +110,33 @@ def test_eval_is_deterministic_and_the_same_with_worker_processes(dataset):
     # an eval source never augments, even when asked to
     eval_source = dataset.source([0, 5, 9], train=False)
     assert torch.equal(one_batch(eval_source, [0, 1, 2], train=True, epoch=3)[0]["video"], a[0]["video"])
+
+
+def test_worker_processes_persist_from_pass_to_pass_and_end_with_their_source(dataset):
+    def children() -> set[int]:
+        return {p.pid for p in multiprocessing.active_children()}
+
+    before = children()
+    spec = dataclasses.replace(SPEC, num_workers=2, prefetch_factor=3)
+    data = dataclasses.replace(dataset.source(np.arange(6), train=True, seed=3), spec=spec)
+    order = [torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])]
+    passes = [list(data.batches(order, train=True, epoch=0))]
+    workers = children() - before
+    passes.append(list(data.batches(order, train=True, epoch=1)))
+    assert len(workers) == 2 and children() - before == workers  # the same two processes served both
+    in_process = dataset.source(np.arange(6), train=True, seed=3)  # num_workers 0
+    for epoch, batches in enumerate(passes):  # each pass is its own epoch's
+        for (got, _), (want, _) in zip(batches, in_process.batches(order, train=True, epoch=epoch), strict=True):
+            for m in want:
+                assert torch.allclose(got[m], want[m], atol=1e-4)
+    # a pass opened while another is open gets workers of its own; neither is cut short
+    outer = data.batches(order, train=False, epoch=0)
+    first = next(outer)
+    (inner,) = data.batches(order[:1], train=False, epoch=0)
+    rest = list(outer)
+    assert torch.equal(inner[0]["video"], first[0]["video"]) and len(rest) == 1
+    del data, outer
+    assert children() - before == set()  # dropped with the source, not left to the garbage collector
 
 
 def test_train_augmentation_changes_with_epoch_and_is_reproducible(dataset):
