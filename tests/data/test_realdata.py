@@ -137,10 +137,14 @@ def test_same_seed_same_set_and_split_sizes_fixed_across_seeds(written, tmp_path
 
 
 def test_default_gblend_splits_of_each_set_hold_every_class(written):
-    _, path = written
+    name, path = written
     ds = load_dataset(path)
     splits = make_splits(ds, seed=0)  # RunSpec's defaults: V is 10% of the train split
-    assert check_splits(ds, splits) == []
+    warnings = check_splits(ds, splits)
+    if name == "basic-motions":  # 36 train recordings: a V of 4, which the check calls coarse
+        assert len(warnings) == 1 and "V holds 4 samples" in warnings[0]
+    else:
+        assert warnings == []
 
 
 def test_basic_motions_keeps_the_official_test_split(tmp_path):
