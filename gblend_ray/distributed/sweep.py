@@ -322,6 +322,15 @@ def check_sweep(sweep: dict, epochs: int) -> tuple[dict, tuple[str, str] | None]
     return space, goal
 
 
+def _reuse_actors(engine: str, sched) -> bool:
+    """An inline trial's process is the in-process runner's: reused, the next trial skips a
+    process start and torch's import (runs one after another in a process are what
+    ``--inline`` does anyway). A
+    Ray trial's process only waits on its run, and with an early-stopping scheduler a
+    reused actor lost stopped trials' results in Ray 2.60, so neither is reused."""
+    return engine == "inline" and sched is None
+
+
 def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, per_trial: dict[str, float],
               epochs: int, resume: bool = False, overwrite: bool = False, verbose: int = 0,
               trial_dir: TrialDir = default_trial_dir, lines: TrialLines | None = None) -> list[dict]:
@@ -356,12 +365,13 @@ def run_sweep(sweep: dict, prepare: PrepareRun, out: str | Location, *, per_tria
         if inner is not None:  # counts and all: count this run's trials afresh
             inner._run_config.callbacks = [lines]
     else:
+        sched = scheduler(sweep, goal, epochs)
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(num_samples=int(sweep.get("num_samples", 1)),
-                                        max_concurrent_trials=concurrent,
+                                        max_concurrent_trials=concurrent, reuse_actors=_reuse_actors(engine, sched),
                                         search_alg=searcher(sweep, goal, concurrent),
-                                        scheduler=scheduler(sweep, goal, epochs)),
+                                        scheduler=sched),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage.path, storage_filesystem=storage.fs,
                                       verbose=verbose, callbacks=[lines],
                                       failure_config=tune.FailureConfig(max_failures=RETRIES, fail_fast=False)),
