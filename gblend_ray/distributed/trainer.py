@@ -8,6 +8,8 @@ every rank trains the super-epoch under the same weights. A restarted worker gro
 run resumed by a new driver, starts from the last boundary checkpoint; the coordinator
 answers that boundary's round from its record. Rank 0 posts each epoch's record to the
 coordinator, from which the driver records it: workers write no run file themselves.
+With ``probes.overlap`` the ranks do not wait for a round: they train on and switch to
+its weights at the same step when they arrive (``overlap.py``).
 """
 
 from __future__ import annotations
