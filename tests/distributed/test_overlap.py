@@ -9,8 +9,6 @@ import signal
 import threading
 import time
 
-import pytest
-
 from gblend_ray.core.rounds import warmup_weights
 from gblend_ray.core.spec import RunSpec
 from gblend_ray.distributed.ray_runner import run_on_ray
