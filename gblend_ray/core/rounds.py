@@ -90,6 +90,24 @@ def decide_round(
     return weights, record
 
 
+def warmup_weights(blend: BlendSpec, heads: list[str], prediction_head: str) -> dict[str, float]:
+    """The weights an overlapped run (``probes.overlap``) trains with before the warm-up
+    round's estimate arrives: uniform over the heads (the ``aux`` baseline, and what
+    ``blend.estimate`` falls back to at a first round), with the ``floor`` safeguard
+    applied as a round would apply it (with four or more heads uniform is below 0.3)."""
+    weights = {h: 1.0 / len(heads) for h in heads}
+    if blend.safeguard == "floor":
+        weights = floor_weight(weights, prediction_head, blend.floor)
+    return weights
+
+
+def applied_at(epoch: int, step: int) -> dict[str, int]:
+    """Where a round's weights took effect, as its trajectory record says (``applied``):
+    the 0-based epoch being trained and the step within it (its steps before ``step`` had
+    the previous weights). Algorithm 3 exactly: the round's boundary, step 0."""
+    return {"epoch": epoch, "step": step}
+
+
 def estimation_summary(trajectory: list[dict]) -> dict | None:
     """What a G-Blend run's rounds actually estimated, from its trajectory records; None
     for a run without rounds.

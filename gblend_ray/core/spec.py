@@ -319,6 +319,15 @@ class ProbesSpec:
     """Fraction of T the probes train on (T' and V unchanged): 1.0 is Algorithm 1 exactly;
     less departs from it (the supplement notes the weights can be estimated on a subset).
     One seeded subset per round, the same for every head's probe."""
+    overlap: bool = False
+    """Overlapped rounds (online G-Blend on Ray Tune probes only). False: Algorithm 3
+    exactly, the trainer waits at each boundary for the round's weights. True: it submits
+    the round and trains on with the weights in force, switching to the new ones at the
+    first step after they arrive (every rank at the same step); before the warm-up round's
+    weights arrive it trains with uniform weights (the ``floor`` safeguard applied). At most
+    one round is in flight: at the next boundary a round not yet arrived is waited for. This
+    departs from Algorithm 3 (each estimate applies some steps late, the first one to a model
+    already trained past its checkpoint); ``trajectory.json`` records where each took effect."""
 
 
 @dataclass

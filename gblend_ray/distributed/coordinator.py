@@ -69,6 +69,7 @@ class Coordinator:
         self._queue: deque[ProbeTask] = deque()
         self._in_flight: dict[int, ProbeTask] = {}
         self._results: dict[tuple[int, str], ProbeResult] = {}
+        self._running: set[int] = set()  # epochs of the rounds whose probes are out
         self._events: list[tuple[str, dict]] = []
         self._done = False
         self._failure: str | None = None
@@ -83,6 +84,11 @@ class Coordinator:
         probe trials or from ``results`` that rank 0 computed inline."""
         began = time.perf_counter()
         with self._cond:
+            # The same round asked again while its probes run (a worker group restarted from the
+            # boundary's checkpoint while an overlapped round was in flight): it waits for that
+            # round's record instead of queueing the probes a second time.
+            while segment.start in self._running:
+                self._cond.wait(_POLL_S)
             for record in self._trajectory:
                 if record["epoch"] == segment.start:
                     logger.info("round at epoch %d already recorded; returning its weights", segment.start)
@@ -92,8 +98,13 @@ class Coordinator:
             if results is None:
                 for index, head in enumerate(self.heads):
                     self._queue.append(ProbeTask(segment.start, head, index, segment.probe_epochs, checkpoint))
+                self._running.add(segment.start)
                 self._cond.notify_all()
-                results = self._wait_for(segment.start)
+                try:
+                    results = self._wait_for(segment.start)
+                finally:
+                    self._running.discard(segment.start)
+                    self._cond.notify_all()
             previous = self._trajectory[-1]["weights"] if self._trajectory else None
             weights, record = decide(self.spec, self.method, segment, {h: results[h] for h in self.heads}, previous)
             record["round_seconds"] = time.perf_counter() - began
@@ -115,11 +126,14 @@ class Coordinator:
         return {h: self._results.pop((epoch, h)) for h in self.heads}
 
     def record_training(self, rank: int, epoch: int, weights: dict[str, float], pid: int | None = None,
-                        boundary_seconds: float | None = None) -> None:
+                        boundary_seconds: float | None = None, applied: dict[str, int] | None = None) -> None:
         """Each rank says which weights it trains the segment at ``epoch`` with, from which
-        process and how long the boundary took it (checkpoint, round, broadcast). A rank
-        that trains the segment again (a restarted worker group, a resumed run) adds its
-        process to the segment's record: one record per rank and segment."""
+        process, how long the boundary took it (checkpoint, round, broadcast) and where the
+        weights took effect (``applied``: the boundary's epoch and step 0, or with
+        ``probes.overlap`` the epoch and step it switched at). A rank that trains the
+        segment again (a restarted worker group, a resumed run) adds its process to the
+        segment's record, whose ``applied`` is then the latest: one record per rank and
+        segment. Rank 0's ``applied`` goes into the round's trajectory record."""
         with self._cond:
             record = next((t for t in self._trained if t["rank"] == rank and t["epoch"] == epoch), None)
             if record is None:
@@ -131,7 +145,13 @@ class Coordinator:
                 record["weights"] = dict(weights)
             record["pids"].append(pid)
             record["boundary_seconds"].append(boundary_seconds)
+            if applied is not None:
+                record["applied"] = dict(applied)
             self._write(TRAINED, self._trained)
+            round_record = next((r for r in self._trajectory if r["epoch"] == epoch), None)
+            if rank == 0 and applied is not None and round_record is not None and round_record.get("applied") != applied:
+                round_record["applied"] = dict(applied)
+                self._write(TRAJECTORY, self._trajectory)
 
     def post(self, kind: str, record: dict) -> None:
         """An event for the driver (rank 0 posts ``("epoch", record)`` after every epoch)."""

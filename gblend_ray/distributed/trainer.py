@@ -8,6 +8,8 @@ every rank trains the super-epoch under the same weights. A restarted worker gro
 run resumed by a new driver, starts from the last boundary checkpoint; the coordinator
 answers that boundary's round from its record. Rank 0 posts each epoch's record to the
 coordinator, from which the driver records it: workers write no run file themselves.
+With ``probes.overlap`` the ranks do not wait for a round: they train on and switch to
+its weights at the same step when they arrive (``overlap.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from ..core.plan import Segment, fixed_weights
+from ..core.plan import Segment, fixed_weights, heads_of
+from ..core.rounds import applied_at, warmup_weights
 from ..core.spec import RunSpec
 from ..storage.rundir import PRETRAINED, RAY, RunDir
 from ..training.assembly import (
@@ -38,6 +41,7 @@ from ..training.assembly import (
     train_plan,
 )
 from ..training.checkpoint import STATE_FILE, TrainingState, load_checkpoint, save_checkpoint
+from .overlap import OverlappedRounds
 
 KEEP_CHECKPOINTS = 2
 """Boundary checkpoints kept: the latest one is all that a round or a resume reads; the
@@ -119,6 +123,12 @@ def train_loop(config: dict) -> None:
     if world > 1:
         # Heads with weight 0 are not computed, so some parameters get no gradient.
         ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    rounds = None
+    if spec.probes.overlap and method.kind == "gblend":
+        # An overlapped run's boundary checkpoint holds the weights in force there.
+        in_force = (state.weights if restored is not None and state.weights else
+                    warmup_weights(spec.blend, heads_of(model.modalities), method.prediction_head))
+        rounds = OverlappedRounds(coord, rank, world, in_force)
 
     def report(epoch: int, weights, final: bool = False, results: dict | None = None) -> Checkpoint:
         """Every rank calls this equally often (``ray.train.report`` is a barrier). Each
@@ -150,6 +160,8 @@ def train_loop(config: dict) -> None:
 
     def weights_for(segment: Segment) -> dict[str, float]:
         boundary_began = time.perf_counter()
+        if rounds is not None and segment.estimates:
+            return overlapped_boundary(segment, boundary_began)
         if not segment.estimates:
             weights = fixed_weights(method, model.modalities, segment.phase)
         else:
@@ -161,8 +173,19 @@ def train_loop(config: dict) -> None:
                 weights = ray.get(coord.round.remote(segment, where, inline))["weights"]
             weights = ray.train.collective.broadcast_from_rank_zero(weights)
         ray.get(coord.record_training.remote(rank, segment.start, weights, os.getpid(),
-                                             time.perf_counter() - boundary_began))
+                                             time.perf_counter() - boundary_began, applied_at(segment.start, 0)))
         return weights
+
+    def overlapped_boundary(segment: Segment, boundary_began: float) -> dict[str, float]:
+        """Overlapped rounds: the previous round, if still in flight, is waited for (in force
+        from here); then the boundary's checkpoint, holding those weights, and the round is
+        submitted; training goes on with the weights in force until its answer arrives."""
+        rounds.wait(segment.start)
+        resumed_here = restored is not None and segment.start == start
+        where = (persisted(run, checkpoint_name(segment.start)) if resumed_here
+                 else report(segment.start, rounds.in_force))
+        rounds.submit(segment, where, time.perf_counter() - boundary_began)
+        return rounds.in_force
 
     def on_epoch(record: dict) -> None:
         history.append(record)
@@ -178,7 +201,9 @@ def train_loop(config: dict) -> None:
         train_plan(a, ddp, weights_for, segments=[s for s in a.segments if s.start >= start], rank=rank,
                    world_size=world, on_epoch=on_epoch,
                    monitor=(lambda: epoch_metrics(model, data, a.compute)) if rank == 0 else None,
-                   pretrained_dir=pretrained)
+                   pretrained_dir=pretrained, switch=rounds.poll if rounds is not None else None)
+        if rounds is not None:
+            rounds.finish()
     except FloatingPointError as err:
         # A run that diverges fails for its own config: ending the loop normally (every rank
         # diverges at the same epoch) with the cause at the coordinator keeps Ray Train from
@@ -194,6 +219,8 @@ def train_loop(config: dict) -> None:
     results = final_results(a, trajectory, history, time.perf_counter() - began) if rank == 0 else None
     if results is not None:
         results["rank_parameters"] = digests
+        if rounds is not None:  # the weights the last steps trained with (the last round may not have arrived)
+            results["final_weights"] = dict(rounds.in_force)
     report(spec.train.epochs, results["final_weights"] if results else None, final=True, results=results)
 
 

@@ -34,7 +34,7 @@ from ..core.spec import ON_BAD_SAMPLE
 from ..data.arrays import DatasetError
 from ..storage.location import StorageError, resolve
 from ..storage.rundir import LOG, RunDirError
-from .config import ConfigError, check_against_dataset, load_config
+from .config import ConfigError, check_against_dataset, check_engine, load_config
 
 MULTIMODAL_DEFAULT = ("naive", "aux", "gblend:offline", "gblend:online")
 """``compare``'s methods after one ``uni:<m>`` per modality of the data set."""
@@ -207,6 +207,7 @@ def _cmd_run(args, argv: list[str]) -> int:
     from .experiment import open_run
 
     spec, dataset = _load(args)
+    check_engine(spec, args.inline)
     prepared = open_run(spec, args.out, resume=args.resume, overwrite=args.overwrite, verbose=args.verbose)
     if prepared.claim == "finished":
         result = prepared.results()
@@ -243,6 +244,7 @@ def _cmd_compare(args, argv: list[str]) -> int:
                else [f"uni:{m}" for m in dataset.modalities] + list(MULTIMODAL_DEFAULT))
     for m in methods:
         check_against_dataset(dataclasses.replace(spec, method=m), list(dataset.modalities))
+        check_engine(dataclasses.replace(spec, method=m), args.inline)
     began = time.perf_counter()
     chosen, picked, prepared = None, None, []
     try:

@@ -24,7 +24,7 @@ from typing import Protocol
 import torch
 
 from ..core.plan import FINETUNE, FUSED, Method, Segment, fixed_weights, lr_at, parse_method, plan_segments
-from ..core.rounds import decide_round, estimation_summary
+from ..core.rounds import applied_at, decide_round, estimation_summary
 from ..core.spec import RunSpec
 from ..data.loading import AnyDataset, RunData, prepare_data, select_modalities
 from ..data.sources import BatchSource, seeded_subset
@@ -223,12 +223,16 @@ def run_probes(spec: RunSpec, model: MultiHeadNet, data: RunData, segment: Segme
 def decide(spec: RunSpec, method: Method, segment: Segment, results: dict[str, ProbeResult],
            previous: dict[str, float] | None) -> tuple[dict[str, float], dict]:
     """The round's weights and trajectory record from its probes' results (``heads`` in
-    the order of ``results``)."""
-    return decide_round(
+    the order of ``results``). The record's ``applied`` says where its weights take effect:
+    the boundary's first step (Algorithm 3), or, with ``probes.overlap``, null until the
+    trainer records the step it switched at (``Coordinator.record_training``)."""
+    weights, record = decide_round(
         {h: r.measurement for h, r in results.items()}, spec.blend, epoch=segment.start,
         probe_epochs=segment.probe_epochs, prediction_head=method.prediction_head, previous=previous,
         probe_info={h: r.info() for h, r in results.items()},
     )
+    record["applied"] = None if spec.probes.overlap else applied_at(segment.start, 0)
+    return weights, record
 
 
 # ------------------------------------------------------------------------------ the plan
@@ -245,13 +249,19 @@ def train_plan(
     on_epoch: Callable[[dict], None] | None = None,
     monitor: Callable[[], dict] | None = None,
     pretrained_dir: Path | None = None,
+    switch: Callable[[int, int], dict[str, float] | None] | None = None,
 ) -> list[dict]:
     """Train ``segments`` (default: all of the run's) of ``a`` under the weights
     ``weights_for`` gives each; ``model`` is ``a.model`` or its DDP wrapper. Returns
     per-epoch records (with ``monitor()``'s measurements merged in, when given). A
     ``finetune`` segment first loads the pre-trained encoders (``load_pretrained``,
     files in ``pretrained_dir``) and restarts the learning-rate schedule; the run's
-    early-stopping monitor ends it early and puts the best epoch's model back."""
+    early-stopping monitor ends it early and puts the best epoch's model back.
+
+    ``switch(epoch, step)`` (overlapped rounds) is asked before every step and may return
+    the weights to train with from that step on. An epoch record's ``weights/<head>`` are
+    those its last step trained with; an epoch in which they changed also says from which
+    of its steps (``weights_from_step``; the steps before had the previous record's)."""
     spec, stopper = a.spec, a.stopper
     history: list[dict] = []
     # A probe inside a segment (in-process, probes.mode: inline) has named itself already.
@@ -264,9 +274,19 @@ def train_plan(
                 load_pretrained(a.model, a.optimizer, pretrained_dir)
             weights = weights_for(segment)
             tag = {f"weights/{h}": w for h, w in weights.items()}
+            switched: dict[int, int] = {}  # epoch -> the step its last switch of weights happened at
 
-            def note(record: dict, tag: dict = tag) -> bool:
-                history.append({**record, **tag, **(monitor() if monitor is not None else {})})
+            def switch_at(epoch: int, step: int, tag: dict = tag, switched: dict = switched) -> dict[str, float] | None:
+                new = switch(epoch, step)
+                if new is not None:
+                    tag.clear()
+                    tag.update({f"weights/{h}": w for h, w in new.items()})
+                    switched[epoch] = step
+                return new
+
+            def note(record: dict, tag: dict = tag, switched: dict = switched) -> bool:
+                moved = {"weights_from_step": switched[record["epoch"] - 1]} if record["epoch"] - 1 in switched else {}
+                history.append({**record, **tag, **moved, **(monitor() if monitor is not None else {})})
                 if on_epoch is not None:
                     on_epoch(history[-1])
                 return stopper is not None and stopper.step(record["epoch"])
@@ -277,6 +297,7 @@ def train_plan(
                 lr_at=lr_schedule(spec, segment.start if segment.phase == FINETUNE else 0),
                 full_heads=full_heads(spec, a.method), rank=rank, world_size=world_size, on_epoch=note,
                 rule=a.rule, compute=a.compute, scaler=a.scaler,
+                switch_weights=switch_at if switch is not None else None,
             )
             if stopper is not None and stopper.stopped_at is not None:
                 break
@@ -295,6 +316,13 @@ def epoch_metrics(model: MultiHeadNet, data: RunData, compute: Compute = FP32) -
     return out
 
 
+def trained_rounds(trajectory: list[dict]) -> list[dict]:
+    """The rounds whose weights some step trained with: every round but an overlapped
+    run's last one when the run ended before it arrived (``applied`` null). A record
+    without ``applied`` (written before it was recorded) counts as trained with."""
+    return [r for r in trajectory if r.get("applied", True) is not None]
+
+
 def final_results(a: Assembly, trajectory: list[dict], history: list[dict], seconds: float) -> dict:
     """``results.json``: every head's test metrics, the prediction head's under ``test``."""
     spec, model, data, method = a.spec, a.model, a.data, a.method
@@ -310,7 +338,7 @@ def final_results(a: Assembly, trajectory: list[dict], history: list[dict], seco
         "classes": list(data.dataset.classes),
         "per_class": (per_class_top1(predictions, data.dataset.num_classes)
                       if data.dataset.task == "multiclass" else None),
-        "final_weights": (trajectory[-1]["weights"] if trajectory
+        "final_weights": (trained[-1]["weights"] if (trained := trained_rounds(trajectory))
                           else model.learned_weights() or fixed_weights(method, model.modalities)),
         "early_stopping": a.stopper.summary() if a.stopper is not None else None,
         "estimation": estimation_summary(trajectory) if method.kind == "gblend" else None,

@@ -95,6 +95,7 @@ def train_epochs(
     rule: StepRule | None = None,
     compute: Compute = FP32,
     scaler: torch.amp.GradScaler | None = None,
+    switch_weights: Callable[[int, int], dict[str, float] | None] | None = None,
 ) -> list[dict]:
     """Train ``epochs`` epochs from ``start_epoch``; each step is ``rule``'s (``objective.py``:
     its losses, its backward pass(es), its gradient surgery), by default ``BlendRule``:
@@ -110,7 +111,13 @@ def train_epochs(
 
     ``compute`` sets autocast and channels-last; with fp16, ``scaler`` is the run's
     ``GradScaler`` (its scale carries over from segment to segment), a fresh one if None.
+
+    ``switch_weights(epoch, step)``, when given, is asked before every step; weights it
+    returns replace ``weights`` from that step on (overlapped G-Blend rounds, whose estimate
+    arrives between steps). A loss term is averaged over the steps that computed it.
     """
+    if switch_weights is not None and rule is not None:
+        raise ValueError("switch_weights changes the blend's weights; a balancing rule's steps do not use them")
     core = getattr(model, "module", model)  # under DDP, the MultiHeadNet
     learned = getattr(core, "log_vars", None) is not None
     if rule is None:
@@ -133,9 +140,12 @@ def train_epochs(
         ctx.epoch, ctx.step = epoch, 0
         rule.begin_epoch(ctx)
         sums: dict[str, torch.Tensor] = {}  # on the device: one synchronisation per epoch, not per step
+        counts: dict[str, int] = {}  # steps per term: a switch of weights can start or end a head's term
         steps = 0
         order = batch_order(len(data), batch_size, seed, epoch, rank, world_size)
         for batch in data.batches(order, train=True, epoch=epoch):
+            if switch_weights is not None and (switched := switch_weights(epoch, ctx.step)) is not None:
+                rule = BlendRule(switched, full_heads, learned)
             inputs, targets = to_device(device, batch, compute.channels_last)
             optimizer.zero_grad(set_to_none=True)
             with step_scope():
@@ -154,10 +164,11 @@ def train_epochs(
                 optimizer.step()
             for name, value in terms.items():
                 sums[name] = sums.get(name, zero) + value.detach()
+                counts[name] = counts.get(name, 0) + 1
             steps += 1
             ctx.step = steps
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        record.update({f"loss/{name}": total.item() / max(steps, 1) for name, total in sums.items()})
+        record.update({f"loss/{name}": total.item() / counts[name] for name, total in sums.items()})
         if learned:
             record.update({f"learned/{h}": w for h, w in core.learned_weights().items()})
         if not _all_finite([record[f"loss/{name}"] for name in sums], world_size):

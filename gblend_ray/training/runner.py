@@ -32,6 +32,10 @@ logger = logging.getLogger("gblend_ray.runner")
 
 KEEP_CHECKPOINTS = 2
 
+INLINE_OVERLAP = ("probes.overlap: the in-process engine runs each round's probes in its own process, one after "
+                  "another, so nothing could train meanwhile; overlapped rounds need the Ray engine (no --inline) "
+                  "with probes.mode: tune, or set probes.overlap: false")
+
 
 def _boundary(run: RunDir, epoch: int) -> Location:
     return run / CHECKPOINTS / f"epoch_{epoch:04d}"
@@ -64,6 +68,8 @@ def run_inline(spec: RunSpec, out_dir: str | Path | RunDir | None = None, datase
     """Run one experiment in this process; with ``out_dir``, checkpoint at its boundaries
     and write ``results.json`` and ``trajectory.json`` there (``resume``: go on from the
     last checkpoint in it). Returns the results (with the trajectory under its key)."""
+    if spec.probes.overlap and spec.method.partition(":")[0] == "gblend":
+        raise ValueError(INLINE_OVERLAP)
     began = time.perf_counter()
     run = None if out_dir is None else out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
     a = assemble(spec, dataset, spec.train.device)

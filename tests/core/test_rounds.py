@@ -3,7 +3,7 @@ import logging
 import pytest
 
 from gblend_ray.core.blend import Measurement
-from gblend_ray.core.rounds import decide_round
+from gblend_ray.core.rounds import applied_at, decide_round, warmup_weights
 from gblend_ray.core.spec import BlendSpec
 
 # video: G = 1.0 - 0.8 = 0.2; O_before = 1.0 - 0.9 = 0.1, O_after = 0.8 - 0.6 = 0.2, dO = 0.1
@@ -94,3 +94,17 @@ def test_fallbacks_and_safeguard_rewrites_are_counted():
     clean = estimation_summary([_record(0, W), _record(4, W)])
     assert clean["status"] == "estimated" and clean["label"] is None
     assert estimation_summary([]) is None  # a method without rounds
+
+
+def test_weights_before_an_overlapped_runs_first_estimate_are_uniform_with_the_floor():
+    heads = ["video", "audio", "fused"]
+    assert warmup_weights(BlendSpec(), heads, "fused") == pytest.approx(dict.fromkeys(heads, 1 / 3))
+    # four heads: uniform gives the fused head 0.25, below the floor of 0.3; the rest keep equal shares
+    four = warmup_weights(BlendSpec(), ["video", "flow", "audio", "fused"], "fused")
+    assert four == pytest.approx({"video": 0.7 / 3, "flow": 0.7 / 3, "audio": 0.7 / 3, "fused": 0.3})
+    assert warmup_weights(BlendSpec(safeguard="head_train"), ["video", "flow", "audio", "fused"], "fused") == \
+        pytest.approx(dict.fromkeys(["video", "flow", "audio", "fused"], 0.25))
+
+
+def test_applied_names_the_epoch_and_step():
+    assert applied_at(4, 0) == {"epoch": 4, "step": 0}

@@ -73,3 +73,37 @@ def test_a_failed_probe_experiment_fails_the_round(tmp_path):
     coord.start_probes(launch)
     with pytest.raises(ProbeRoundError, match="out of memory"):
         coord.round(Segment(0, 10, 10), "ck")
+
+
+def test_a_round_asked_again_while_its_probes_run_is_answered_by_that_round(tmp_path):
+    """A worker group restarted from the boundary's checkpoint while an overlapped round was
+    in flight asks for it again: the probes are queued once and both askers get its weights."""
+    coord = _coord(tmp_path)
+    answers = []
+    askers = [threading.Thread(target=lambda: answers.append(coord.round(Segment(10, 5, 5), "ck"))) for _ in range(2)]
+    askers[0].start()
+    tasks = [coord.next_task(slot, wait_s=5) for slot in range(3)]
+    askers[1].start()
+    assert coord.next_task(3, wait_s=0.3) == "idle"  # nothing queued a second time
+    for slot, task in enumerate(tasks):
+        coord.submit(slot, task, _result(task.head))
+    for t in askers:
+        t.join(10)
+    assert len(answers) == 2 and answers[0]["weights"] == answers[1]["weights"]
+    assert sorted(a["replayed"] for a in answers) == [False, True]
+    assert [r["epoch"] for r in coord.trajectory()] == [10]
+
+
+def test_rank_zeros_switch_point_goes_into_the_rounds_record(tmp_path):
+    spec = RunSpec()
+    spec.probes.overlap = True
+    coord = Coordinator(spec, Method("gblend", schedule="online"), HEADS, str(tmp_path))
+    w = coord.round(Segment(0, 10, 10), "ck", {h: _result(h) for h in HEADS})["weights"]
+    assert coord.trajectory()[0]["applied"] is None  # not yet in force
+    coord.record_training(1, 0, w, 11, 0.1, {"epoch": 3, "step": 7})
+    assert coord.trajectory()[0]["applied"] is None  # rank 1's is in trained_weights.json only
+    coord.record_training(0, 0, w, 10, 0.1, {"epoch": 3, "step": 7})
+    saved = json.loads((tmp_path / "trajectory.json").read_text())
+    assert saved[0]["applied"] == {"epoch": 3, "step": 7} == coord.trajectory()[0]["applied"]
+    trained = json.loads((tmp_path / "trained_weights.json").read_text())
+    assert [(t["rank"], t["applied"]) for t in trained] == [(1, {"epoch": 3, "step": 7}), (0, {"epoch": 3, "step": 7})]

@@ -275,6 +275,40 @@ def test_a_gpu_share_above_one_is_whole():
                         probes={"resources": {"GPU": 0.5}}))
 
 
+@pytest.mark.parametrize("method, blend, why", [
+    ("gblend:offline", {}, "method 'gblend:offline' runs the offline schedule"),
+    ("gblend", {"schedule": "offline"}, "(blend.schedule: offline)"),
+])
+def test_overlapped_rounds_need_the_online_schedule(method, blend, why):
+    err = _fails(_raw(method=method, blend=blend, probes={"overlap": True}), "probes.overlap")
+    assert "need online G-Blend" in str(err) and why in str(err)
+
+
+def test_overlapped_rounds_need_probes_on_tune():
+    err = _fails(_raw(method="gblend:online", probes={"overlap": True, "mode": "inline"}), "probes.overlap")
+    assert "need probes.mode: tune" in str(err) and "probes.mode: inline runs them" in str(err)
+
+
+def test_overlap_passes_online_on_tune_and_is_ignored_without_rounds():
+    assert spec_from_dict(_raw(method="gblend:online", probes={"overlap": True})).probes.overlap is True
+    # the method decides the schedule; a method without rounds has nothing to overlap
+    assert spec_from_dict(_raw(method="gblend:online", blend={"schedule": "offline"}, probes={"overlap": True}))
+    assert spec_from_dict(_raw(method="naive", blend={"schedule": "offline"}, probes={"overlap": True,
+                                                                                       "mode": "inline"}))
+    assert spec_from_dict(_raw()).probes.overlap is False  # default: Algorithm 3 exactly
+
+
+def test_overlap_on_the_in_process_engine_is_a_config_error():
+    from gblend_ray.interfaces.config import check_engine
+
+    spec = spec_from_dict(_raw(method="gblend:online", probes={"overlap": True}))
+    check_engine(spec, inline=False)
+    with pytest.raises(ConfigError, match=r"^probes.overlap: the in-process engine \(--inline\)") as info:
+        check_engine(spec, inline=True)
+    assert info.value.field == "probes.overlap"
+    check_engine(dataclasses.replace(spec, method="naive"), inline=True)
+
+
 def test_choice_typo_suggests():
     err = _fails(_raw(optim={"name": "adm"}), "optim.name")
     assert "did you mean 'adam'" in str(err)

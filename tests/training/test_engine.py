@@ -121,3 +121,79 @@ def test_uncertainty_terms_start_from_unit_weights():
     assert second["loss/uncertainty_reg"] == pytest.approx(sum(s.values()) / 2, rel=1e-5)
     assert second["loss/blend"] == pytest.approx(sum(first[f"learned/{h}"] * second[f"loss/{h}"] for h in s),
                                                  rel=1e-5)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+W1 = {"v": 0.3, "a": 0.3, "fused": 0.4}
+W2 = {"v": 0.7, "a": 0.0, "fused": 0.3}
+
+
+def test_a_switch_that_never_switches_leaves_training_bit_for_bit_unchanged():
+    runs = []
+    for switch in (None, lambda epoch, step: None):
+        model, data = _setup()
+        opt = make_optimizer(model.parameters(), OptimSpec(lr=0.1))
+        hist = train_epochs(model, data, opt, W1, 3, batch_size=8, seed=2, switch_weights=switch)
+        runs.append((hist, _state(model)))
+    (h0, s0), (h1, s1) = runs
+    assert h0 == h1 and _same_state(s0, s1)
+
+
+def test_a_switch_at_an_epochs_first_step_equals_two_runs_of_the_engine():
+    """Weights switched at step 0 of epoch 1 train exactly as epoch 0 under W1 then epoch 1
+    under W2 (what Algorithm 3 does at a boundary)."""
+    model, data = _setup()
+    opt = make_optimizer(model.parameters(), OptimSpec(lr=0.1))
+    asked = []
+
+    def switch(epoch, step):
+        asked.append((epoch, step))
+        return W2 if (epoch, step) == (1, 0) else None
+
+    hist = train_epochs(model, data, opt, W1, 2, batch_size=8, seed=2, switch_weights=switch)
+    assert asked == [(e, s) for e in (0, 1) for s in range(4)]  # before every step: 32 samples, batch 8
+    ref, ref_data = _setup()
+    ref_opt = make_optimizer(ref.parameters(), OptimSpec(lr=0.1))
+    ref_hist = train_epochs(ref, ref_data, ref_opt, W1, 1, batch_size=8, seed=2)
+    ref_hist += train_epochs(ref, ref_data, ref_opt, W2, 1, start_epoch=1, batch_size=8, seed=2)
+    assert hist == ref_hist and _same_state(_state(model), _state(ref))
+    assert "loss/a" in hist[0] and "loss/a" not in hist[1]  # weight 0: not computed
+
+
+def test_a_switch_mid_epoch_averages_each_term_over_the_steps_that_computed_it():
+    """lr 0 keeps the parameters fixed, so each step's head losses are those of the model on
+    its batch: after a switch at step 2 from the fused head alone to video and fused, the
+    epoch's loss/v is the mean over steps 2 and 3 only, loss/fused over all four."""
+    from gblend_ray.training.objective import head_loss
+
+    model, data = _setup()
+    opt = make_optimizer(model.parameters(), OptimSpec(lr=0.0, momentum=0.0, weight_decay=0.0))
+    only_fused = {"v": 0.0, "a": 0.0, "fused": 1.0}
+    (record,) = train_epochs(model, data, opt, only_fused, 1, batch_size=8, seed=2,
+                             switch_weights=lambda epoch, step: {"v": 0.5, "a": 0.0, "fused": 0.5} if step == 2 else None)
+    model.train()
+    per_step = []
+    with torch.no_grad():
+        for idx in batch_order(len(data), 8, seed=2, epoch=0):
+            inputs, targets = {m: x[idx] for m, x in data.inputs.items()}, data.targets[idx]
+            out = model(inputs)
+            per_step.append({h: head_loss(out[h], targets).item() for h in ("v", "fused")})
+    assert record["loss/v"] == pytest.approx(sum(s["v"] for s in per_step[2:]) / 2, rel=1e-5)
+    assert record["loss/fused"] == pytest.approx(sum(s["fused"] for s in per_step) / 4, rel=1e-5)
+    assert "loss/a" not in record
+
+
+def test_a_balancing_rule_takes_no_weight_switch():
+    from gblend_ray.training.objective import BlendRule
+
+    model, data = _setup()
+    opt = make_optimizer(model.parameters(), OptimSpec(lr=0.1))
+    with pytest.raises(ValueError, match="switch_weights"):
+        train_epochs(model, data, opt, W1, 1, rule=BlendRule(W1), switch_weights=lambda e, s: None)

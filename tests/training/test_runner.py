@@ -197,3 +197,17 @@ def test_a_multilabel_array_dataset_trains_and_reports_map(tmp_path):
             assert all(0.0 <= m[k] <= 1.0 for k in ("train_before", "val_before", "train_after", "val_after"))
     by_loss = runner.run_inline(_spec(path, "gblend:online", metric="loss"))
     assert by_loss["trajectory"][0]["heads"]["video"]["val_before"] > 0.5  # a BCE loss, not an mAP
+
+
+def test_exact_online_rounds_take_effect_at_their_boundarys_first_step(tiny_dataset):
+    res = runner.run_inline(_spec(tiny_dataset, "gblend:online"))
+    assert [r["applied"] for r in res["trajectory"]] == [{"epoch": e, "step": 0} for e in (0, 4, 6)]
+    assert res["final_weights"] == res["trajectory"][-1]["weights"]
+    assert not any("weights_from_step" in h for h in res["history"])
+
+
+def test_the_in_process_engine_refuses_overlapped_rounds(tiny_dataset):
+    spec = _spec(tiny_dataset, "gblend:online")
+    spec.probes.overlap = True
+    with pytest.raises(ValueError, match="^probes.overlap: the in-process engine"):
+        runner.run_inline(spec)

@@ -22,7 +22,7 @@ from .loading import (
     spec_to_dict,
 )
 from .schema import ConfigError
-from .validation import check_against_dataset, validate
+from .validation import check_against_dataset, check_engine, validate
 
 __all__ = [
     "ConfigError",
@@ -30,6 +30,7 @@ __all__ = [
     "apply_overrides",
     "config_yaml",
     "check_against_dataset",
+    "check_engine",
     "dump_config",
     "load_config",
     "load_config_with_sweep",

@@ -177,9 +177,41 @@ def validate(spec: RunSpec) -> None:
 
     _check_balancing(spec)
     _check_method(spec, None)
+    _check_overlap(spec)
     _check_int_min("seed", spec.seed, 0)
     if spec.name is not None:
         _check_nonempty("name", spec.name)
+
+
+def _check_overlap(spec: RunSpec) -> None:
+    """``probes.overlap`` needs rounds that something trains beside: online G-Blend (offline
+    estimates once, before any training) with its probes on Ray Tune (``probes.mode: inline``
+    runs them in rank 0, which then cannot train). Methods without rounds ignore it."""
+    kind, _, schedule = spec.method.partition(":")
+    if not spec.probes.overlap or kind != "gblend":
+        return
+    schedule = schedule or spec.blend.schedule
+    if schedule != "online":
+        raise field_error("probes.overlap", f"overlapped rounds need online G-Blend (blend.schedule: online, or method "
+                                            f"gblend:online); method {spec.method!r} runs the offline schedule "
+                                            f"(blend.schedule: {spec.blend.schedule}), one estimate before any "
+                                            "training, so there is nothing to overlap it with: set probes.overlap: "
+                                            "false")
+    if spec.probes.mode != "tune":
+        raise field_error("probes.overlap", f"overlapped rounds need probes.mode: tune (the probes run as Ray Tune "
+                                            f"trials beside the trainer); probes.mode: {spec.probes.mode} runs them "
+                                            "inside rank 0, which cannot train meanwhile: set probes.mode: tune or "
+                                            "probes.overlap: false")
+
+
+def check_engine(spec: RunSpec, inline: bool) -> None:
+    """What the engine a command runs on cannot do: the in-process engine (``--inline``)
+    runs a round's probes one after another in its own process, so ``probes.overlap``
+    needs the Ray engine."""
+    if inline and spec.probes.overlap and spec.method.partition(":")[0] == "gblend":
+        raise field_error("probes.overlap", "the in-process engine (--inline) runs each round's probes in its own "
+                                            "process, so nothing could train meanwhile: overlapped rounds need the "
+                                            "Ray engine (drop --inline), or set probes.overlap: false")
 
 
 def _check_window(path: str, starts: Any, ends: Any) -> None:
