@@ -100,7 +100,7 @@ def test_weights_before_an_overlapped_runs_first_estimate_are_uniform_with_the_f
     heads = ["video", "audio", "fused"]
     assert warmup_weights(BlendSpec(), heads, "fused") == pytest.approx(dict.fromkeys(heads, 1 / 3))
     # four heads: uniform gives the fused head 0.25, below the floor of 0.3; the rest keep equal shares
-    four = warmup_weights(BlendSpec(), ["video", "flow", "audio", "fused"], "fused")
+    four = warmup_weights(BlendSpec(safeguard="floor"), ["video", "flow", "audio", "fused"], "fused")
     assert four == pytest.approx({"video": 0.7 / 3, "flow": 0.7 / 3, "audio": 0.7 / 3, "fused": 0.3})
     assert warmup_weights(BlendSpec(safeguard="head_train"), ["video", "flow", "audio", "fused"], "fused") == \
         pytest.approx(dict.fromkeys(["video", "flow", "audio", "fused"], 0.25))
