@@ -13,8 +13,8 @@ there is no collective, and with no round in flight ``poll`` does nothing at all
 At most one round is in flight: at the next boundary a round that has not arrived is
 waited for (``wait``) and takes effect at that boundary's first step, before the boundary's
 checkpoint is written, so a checkpoint's weights are the ones in force there. Before the
-warm-up round arrives the run trains with ``rounds.warmup_weights`` (uniform, floor
-applied). Where each round took effect goes to the coordinator (``record_training``:
+warm-up round arrives the run trains with ``rounds.warmup_weights`` (uniform; floored
+under ``safeguard: floor``). Where each round took effect goes to the coordinator (``record_training``:
 ``trained_weights.json`` per rank, ``applied`` in the round's ``trajectory.json`` record).
 """
 

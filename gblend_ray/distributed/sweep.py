@@ -324,10 +324,10 @@ def check_sweep(sweep: dict, epochs: int) -> tuple[dict, tuple[str, str] | None]
 
 def _reuse_actors(engine: str, sched) -> bool:
     """An inline trial's process is the in-process runner's: reused, the next trial skips a
-    process start and torch's import (runs one after another in a process are what
-    ``--inline`` does anyway). A
-    Ray trial's process only waits on its run, and with an early-stopping scheduler a
-    reused actor lost stopped trials' results in Ray 2.60, so neither is reused."""
+    process start and torch's import (runs one after another in one process are what
+    ``--inline`` does anyway). A Ray trial's process only waits on its run, and with an
+    early-stopping scheduler a reused actor lost stopped trials' results in Ray 2.60, so
+    neither of those is reused."""
     return engine == "inline" and sched is None
 
 
