@@ -222,3 +222,15 @@ def test_sweep_concurrency_comes_from_the_limiting_resource():
     assert concurrent_trials({}, {"CPU": 1.75, "GPU": 2.0}, {"CPU": 64.0, "GPU": 4.0}) == 2  # GPUs limit
     assert concurrent_trials({"max_concurrent_trials": 3}, {"GPU": 2.0}, {"GPU": 4.0}) == 3
     assert concurrent_trials({}, {"GPU": 8.0}, {"GPU": 4.0}) == 1
+
+
+def test_ray_trains_controller_polls_every_half_second_unless_the_user_says_otherwise(tmp_path, monkeypatch):
+    from gblend_ray.distributed.trainer import build_trainer
+    from gblend_ray.storage.rundir import RunDir
+
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    build_trainer(RunSpec(), RunDir(tmp_path / "a"), "coord", "ns", None)
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
+    build_trainer(RunSpec(), RunDir(tmp_path / "b"), "coord", "ns", None)
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
