@@ -19,7 +19,6 @@ on Ray, Ray's own output (worker logs, tracebacks) goes to the run's ``ray.log``
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import logging
@@ -358,18 +357,19 @@ def _cmd_sweep(args, argv: list[str]) -> int:
     from ..distributed.sweep import SweepError, check_sweep, run_sweep
     from .config import load_config_with_sweep, spec_to_dict
     from .experiment import prepare_trial
+    from .sweep_space import check_trials, resolve_trial_paths, set_sweep_keys
 
     sweep_sets = [o for o in args.overrides if o.startswith("sweep.")]
     base, sweep = load_config_with_sweep(args.space, [o for o in args.overrides if not o.startswith("sweep.")])
     if not sweep:
         raise SweepError(f"{args.space}: no sweep: section; add one (see gblend_ray/distributed/sweep.py) "
                          "or use gblend run")
-    sweep = _set_sweep_keys(sweep, sweep_sets)
+    sweep = set_sweep_keys(sweep, sweep_sets)
     _, goal = check_sweep(sweep, base.train.epochs)  # a bad metric, searcher or scheduler: before any data
-    sweep = _resolve_trial_paths(sweep, Path(os.path.abspath(args.space)).parent)
+    sweep = resolve_trial_paths(sweep, Path(os.path.abspath(args.space)).parent)
     ensure_dataset(base)  # generate a preset once, before trials race to it
     # and each data set a trial names (data.path in cases or the grid), checked against its own
-    most_modalities = _check_trials(base, sweep, args.space)
+    most_modalities = check_trials(base, sweep, args.space)
     out = resolve(args.out)
     engine = sweep.get("engine", "ray")
     per_trial = resources_for(base, most_modalities + 1) if engine == "ray" else {"CPU": 1.0}
@@ -401,72 +401,6 @@ def _cmd_sweep(args, argv: list[str]) -> int:
     if failed:
         raise RunFailed(f"{len(failed)} of {len(rows)} trials failed; first: {failed[0]['error']}")
     return EXIT_OK
-
-
-def _set_sweep_keys(sweep: dict, overrides: list[str]) -> dict:
-    """``--set sweep.a.b=value`` on the space's sweep section (values parsed as YAML)."""
-    import yaml
-
-    sweep = copy.deepcopy(sweep)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r}: expected the form sweep.key=value")
-        *path, last = key.split(".")[1:]
-        node = sweep
-        for part in path:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section of sweep")
-        node[last] = yaml.safe_load(value)
-    return sweep
-
-
-def _resolve_trial_paths(sweep: dict, base: Path) -> dict:
-    """A relative ``data.path`` in the space's cases or grid, like one in its run config, is
-    relative to the space file's directory."""
-    def fix(value):
-        if isinstance(value, str) and value.strip() and not Path(os.path.expanduser(value)).is_absolute():
-            return os.path.abspath(base / value)
-        return value
-
-    sweep = copy.deepcopy(sweep)
-    for case in sweep.get("cases") or []:
-        if isinstance(case, dict) and "data.path" in case:
-            case["data.path"] = fix(case["data.path"])
-    grid = sweep.get("grid") or {}
-    if isinstance(grid, dict) and "data.path" in grid:
-        grid["data.path"] = [fix(v) for v in grid["data.path"]] if isinstance(grid["data.path"], list) \
-            else fix(grid["data.path"])
-    return sweep
-
-
-def _check_trials(base, sweep: dict, source: str) -> int:
-    """Every trial's config must load before the first one starts: a bad key or method in
-    the space is one clear error now, not a sweep of failed trials. Each trial is checked
-    against its own data set (a preset a trial names is written here, once, before trials
-    race to it). Returns the most modalities a trial's data set has."""
-    import itertools
-
-    from ..data.loading import ensure_dataset
-    from .config import apply_overrides, spec_from_dict, spec_to_dict
-
-    grid = sweep.get("grid") or {}
-    keys = list(grid)
-    modalities_of: dict[str, list[str]] = {}
-    for case in sweep.get("cases") or [{}]:
-        for values in itertools.product(*(grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys)):
-            overrides = {**case, **dict(zip(keys, values))}
-            items = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-            try:
-                spec = spec_from_dict(apply_overrides(spec_to_dict(base), items))
-                if spec.data.path not in modalities_of:
-                    whole = dataclasses.replace(spec, data=dataclasses.replace(spec.data, modalities=None))
-                    modalities_of[spec.data.path] = list(ensure_dataset(whole).modalities)
-                check_against_dataset(spec, modalities_of[spec.data.path])
-            except ConfigError as err:
-                raise ConfigError(f"{source}: sweep trial {overrides}: {err}") from None
-    return max(len(m) for m in modalities_of.values())
 
 
 def _load(args) -> tuple:

@@ -93,8 +93,8 @@ def test_a_sweep_case_may_name_its_own_data_set_relative_to_the_space(tmp_path):
     start; a case's relative data.path is relative to the space file, like the config's."""
     import pytest
 
-    from gblend_ray.interfaces.cli import _check_trials, _resolve_trial_paths
     from gblend_ray.interfaces.config import ConfigError, load_config_with_sweep
+    from gblend_ray.interfaces.sweep_space import check_trials, resolve_trial_paths
 
     space = tmp_path / "spaces" / "s.yaml"
     space.parent.mkdir()
@@ -106,10 +106,10 @@ def test_a_sweep_case_may_name_its_own_data_set_relative_to_the_space(tmp_path):
                   "grid": {"method": ["naive", "agm"]}},
     }))
     base, sweep = load_config_with_sweep(space)
-    sweep = _resolve_trial_paths(sweep, space.parent)
+    sweep = resolve_trial_paths(sweep, space.parent)
     assert sweep["cases"][1]["data.path"] == str(tmp_path / "d" / "av3")
-    assert _check_trials(base, sweep, str(space)) == 3
+    assert check_trials(base, sweep, str(space)) == 3
     assert list(load_dataset(tmp_path / "d" / "av3").modalities) == ["video", "audio", "flow"]
     sweep["cases"][0]["data.modalities"] = ["video", "flow"]  # av-overfit has no flow
     with pytest.raises(ConfigError, match=r"data\.modalities: the dataset has no modality 'flow'"):
-        _check_trials(base, sweep, str(space))
+        check_trials(base, sweep, str(space))
