@@ -5,6 +5,7 @@ end every Ray cluster on the machine."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import time
@@ -22,6 +23,22 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def quiet_ports(n: int) -> list[int]:
+    """``n`` distinct ports that no process of a Ray cluster takes by itself: above Ray's
+    default worker ports (10002–19999) and below the kernel's ephemeral range, from which
+    every port-0 listener and every outgoing connection's local end is drawn. A cluster in
+    a network namespace of its own needs these: ``free_ports`` checks the test's namespace,
+    and a port it returns (ephemeral) can be taken in the other by the time a node binds it."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_low = int(f.read().split()[0])
+    ports = random.sample(sorted(set(range(20000, min(ephemeral_low, 65536))) - _QUIET_GIVEN), n)
+    _QUIET_GIVEN.update(ports)  # never the same port twice in one session (a test's nodes run at once)
+    return ports
+
+
+_QUIET_GIVEN: set[int] = set()
 
 
 def cluster_pids(marker_env: str, marker: str, temp_dir: str | None) -> set[int]:
