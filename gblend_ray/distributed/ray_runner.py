@@ -34,7 +34,7 @@ from .cluster import (
 )
 from .coordinator import Coordinator
 from .probe_trials import run_trials
-from .trainer import build_trainer, latest_state
+from .trainer import build_trainer, resume_state
 
 logger = logging.getLogger("gblend_ray.ray_runner")
 
@@ -153,7 +153,7 @@ def fit_on_ray(spec: RunSpec, out_dir: str | RunDir, dataset: AnyDataset | None 
 
     # The checkpoint a resume starts from, read here first (as data: weights_only), so that
     # a bad one fails the run before any worker starts.
-    state = latest_state(run) if resume else None
+    state = resume_state(run) if resume else None
     # Loaded and checked once, here: every worker and probe trial reads this copy instead
     # of loading the arrays again or re-checking every media file of the manifest.
     dataset_ref = ray.put(dataset)

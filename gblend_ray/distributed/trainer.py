@@ -79,6 +79,20 @@ def latest_state(run: RunDir) -> TrainingState | None:
         return load_checkpoint(d)
 
 
+def resume_state(run: RunDir) -> TrainingState | None:
+    """The checkpoint a resumed run goes on from, read on the driver: the final one where
+    Ray Train persisted it, else the last boundary's (``latest_state``). A driver stopped
+    after the last epoch but before it wrote the results leaves a final checkpoint; Ray
+    Train restores that one, so the workers train (and post) no epoch again, and the
+    driver's record of the run must come from it whole."""
+    where = run / RAY / RUN_NAME
+    finals = [name for name in where.listdir() if name.endswith("_final") and (where / name / STATE_FILE).is_file()]
+    if not finals:
+        return latest_state(run)
+    with persisted(run, finals[-1]).as_directory() as d:
+        return load_checkpoint(d)
+
+
 def parameter_digest(model: torch.nn.Module) -> str:
     """A SHA-256 of every parameter's bytes, in order: equal on two ranks exactly when their
     parameters are identical (buffers such as batch-norm statistics are rank-local under DDP

@@ -5,6 +5,7 @@ last line and its log file."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +136,22 @@ def test_a_driver_killed_twice_and_interrupted_resumes_to_the_files_of_an_uninte
     assert_same_run(run, ref, extra=("trained_weights.json",))
     files, epochs = wandb_epochs(run)
     assert len(files) == 1 and epochs == list(range(1, EPOCHS + 1)), resumed.stderr[-3000:]
+
+
+def test_a_driver_stopped_after_the_final_checkpoint_resumes_with_every_epoch_recorded(reference, on_cluster,
+                                                                                      tmp_path):
+    """Ctrl-C late in the last super-epoch can stop the driver after Ray Train persisted the
+    final checkpoint but before the driver recorded the last epochs and wrote the results.
+    The resume restores that checkpoint (nothing trains again) and its record is whole."""
+    ref, cfg, _ = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    assert (run / "ray" / "train" / f"epoch_{EPOCHS:04d}_final").is_dir()
+    (run / "results.json").unlink()
+    (run / "metrics.jsonl").write_text("".join((ref / "metrics.jsonl").read_text().splitlines(keepends=True)[:4]))
+    resumed = gblend(["run", cfg, "--out", str(run), "--resume"], cwd=tmp_path, env=on_cluster)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run, ref, extra=("trained_weights.json",))
 
 
 def test_no_ray_process_outlives_a_killed_driver(av_overfit, tmp_path):
