@@ -97,6 +97,12 @@ def connect(cpus_wanted: float = 0.0, runs: int = 1) -> None:
     _LOCAL["started"] = True
 
 
+def on_own_local_cluster() -> bool:
+    """Whether this process runs (or ``connect`` will start) a local cluster of its own:
+    not one it joined through ``RAY_ADDRESS``, nor one its caller had initialised."""
+    return _LOCAL["started"] or (not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"))
+
+
 def probe_trials_that_fit(spec: RunSpec, wanted: int, available: dict[str, float] | None = None) -> int:
     """How many of ``wanted`` long-lived probe trials fit beside the trainer workers.
 

@@ -71,10 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--seeds", type=int, default=3, help="number of seeds: 0..N-1 (default 3)")
     cmp_.add_argument("--out", required=True)
     cmp_.add_argument("--inline", action="store_true", help="run in this process, without Ray")
-    cmp_.add_argument("--trial-engine", choices=("ray", "inline"), default="ray",
-                      help="on Ray, each run as a Ray Train run with Tune probe trials (ray, default) or in its "
-                           "trial's own process with the probes inside it (inline: no start-up per run, for small "
-                           "models on one machine)")
+    cmp_.add_argument("--trial-engine", choices=("auto", "ray", "inline"), default="auto",
+                      help="on Ray, each run as a Ray Train run with Tune probe trials (ray) or in its trial's own "
+                           "process with the probes inside it (inline: no start-up per run); auto (default): inline "
+                           "on a local cluster this command starts when every run is one worker on CPUs, else ray")
     cmp_.add_argument("--tune", action="store_true",
                       help="first search each method's hyperparameters (the config's sweep: sample, num_samples, "
                            "metric, mode, search), selected on validation; then rerun each method's best on every seed")
@@ -243,7 +243,7 @@ def _cmd_compare(args, argv: list[str]) -> int:
                else [f"uni:{m}" for m in dataset.modalities] + list(MULTIMODAL_DEFAULT))
     for m in methods:
         check_against_dataset(dataclasses.replace(spec, method=m), list(dataset.modalities))
-        check_engine(dataclasses.replace(spec, method=m), args.inline)
+        check_engine(dataclasses.replace(spec, method=m), args.inline or args.trial_engine == "inline")
     began = time.perf_counter()
     chosen, picked, prepared = None, None, []
     try:
@@ -328,11 +328,12 @@ def _run_compare(args, spec, dataset, prepared, compare, chosen: dict | None = N
     local cluster runs one per core)."""
     if args.inline:
         return compare(prepared, args.out, lambda p: _one_run(p, dataset, True), on_failure=lambda p, err: str(err))
-    from ..distributed.cluster import connect
+    from ..distributed.cluster import connect, on_own_local_cluster
     from ..distributed.sweep import concurrent_trials
-    from .compare import read_back, run_concurrently
+    from .compare import engine_line, read_back, run_concurrently, trial_engine
 
-    per_run = (_most_per_run([p.spec for p in prepared], dataset) if args.trial_engine == "ray"
+    engine = trial_engine(args.trial_engine, [p.spec for p in prepared], on_own_local_cluster())
+    per_run = (_most_per_run([p.spec for p in prepared], dataset) if engine == "ray"
                else {"CPU": float(max(p.spec.train.threads or 1 for p in prepared))})
     wanted = args.max_concurrent or (None if os.environ.get("RAY_ADDRESS") else os.cpu_count() or 1)
     if wanted:
@@ -342,9 +343,10 @@ def _run_compare(args, spec, dataset, prepared, compare, chosen: dict | None = N
     import ray
 
     concurrent = min(len(prepared), wanted or concurrent_trials({}, per_run, ray.cluster_resources()))
+    print(engine_line(len(prepared), concurrent, engine, args.trial_engine == "auto"), flush=True)
     with _ray_log(resolve(args.out), args.verbose, False):
         run_concurrently(prepared, spec, args.out, per_run=per_run, concurrent=concurrent, chosen=chosen,
-                         verbose=args.verbose, engine=args.trial_engine)
+                         verbose=args.verbose, engine=engine)
         return compare(prepared, args.out, read_back, log=lambda line: None, on_failure=lambda p, err: str(err))
 
 

@@ -71,6 +71,40 @@ def prepare_runs(spec: RunSpec, methods: list[str], seeds: list[int], out: str |
             for method in methods for seed in seeds]
 
 
+TRIAL_ENGINES = ("auto", "ray", "inline")
+
+
+def trial_engine(choice: str, specs: list[RunSpec], own_local_cluster: bool) -> str:
+    """How a compare's runs train on Ray: ``ray`` (each a Ray Train run with Tune probe
+    trials) or ``inline`` (each in its Tune trial's own process, the probes inside it).
+    ``auto`` picks ``inline`` where a Ray Train run would add only its start-up (about
+    14 s a run on 2 cores): on a local cluster of this process's own, when every run is
+    one worker on CPUs alone (probes too) and none overlaps its rounds (``probes.overlap``
+    needs probe trials beside the trainer); ``ray`` on any other cluster, for DDP runs and
+    for runs that ask for GPUs or custom resources."""
+    if choice not in TRIAL_ENGINES:
+        raise ValueError(f"--trial-engine: expected one of {', '.join(TRIAL_ENGINES)}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    from ..distributed.cluster import probe_resources, trainer_resources
+
+    def one_cpu_worker(spec: RunSpec) -> bool:
+        asks = {**trainer_resources(spec), **probe_resources(spec, 1)}
+        overlapped = spec.probes.overlap and spec.method.partition(":")[0] == "gblend"
+        return spec.trainer.num_workers == 1 and set(asks) <= {"CPU"} and not overlapped
+
+    return "inline" if own_local_cluster and all(one_cpu_worker(s) for s in specs) else "ray"
+
+
+def engine_line(runs: int, concurrent: int, engine: str, chosen_by_auto: bool) -> str:
+    """The compare's first line on Ray: how its runs train, and how to get the other engine."""
+    how = ("each a Ray Train run" if engine == "ray" else
+           "each in its Ray Tune trial's process" + (" (auto: a local cluster, one CPU worker per run; "
+                                                     "--trial-engine ray makes each a Ray Train run)"
+                                                     if chosen_by_auto else ""))
+    return f"[compare] {runs} runs, {min(runs, concurrent)} at a time, {how}"
+
+
 def run_concurrently(prepared: list[PreparedRun], spec: RunSpec, out: str | Path | Location, *,
                      per_run: dict[str, float], concurrent: int, chosen: dict[str, dict] | None = None,
                      verbose: bool = False, engine: str = "ray") -> None:

@@ -62,6 +62,38 @@ def test_compare_defaults_to_every_modality_alone_then_the_fusions(tmp_path, tin
         "uni:audio", "naive", "aux", "gblend:offline", "gblend:online"]
 
 
+def test_compare_on_its_own_local_cluster_trains_one_cpu_worker_runs_in_their_trials(tmp_path, tiny_dataset):
+    """--trial-engine auto: a Ray Train run would only add its start-up to a one-worker CPU
+    run on a local cluster; DDP, GPU, custom resources, overlapped rounds, a joined
+    cluster, or an explicit choice keep what they need."""
+    from gblend_ray.interfaces.compare import engine_line, trial_engine
+    from gblend_ray.interfaces.config import load_config
+
+    def spec(*sets):
+        return load_config(_config(tmp_path, tiny_dataset), list(sets))
+
+    one = spec()
+    assert trial_engine("auto", [one, spec("method=naive")], own_local_cluster=True) == "inline"
+    assert trial_engine("auto", [one], own_local_cluster=False) == "ray"  # a cluster it joined
+    for needs_ray in (["trainer.num_workers=2"], ["trainer.use_gpu=true"], ["trainer.use_gpu=true", "probes.resources={GPU: 0.25}"],
+                      ["trainer.resources_per_worker={CPU: 1, accel: 1}"], ["probes.overlap=true"]):
+        assert trial_engine("auto", [one, spec(*needs_ray)], own_local_cluster=True) == "ray", needs_ray
+    assert trial_engine("auto", [spec("probes.overlap=true", "method=naive")], own_local_cluster=True) == "inline"
+    assert trial_engine("ray", [one], own_local_cluster=True) == "ray"
+    assert trial_engine("inline", [one], own_local_cluster=False) == "inline"
+    assert engine_line(18, 2, "inline", True).startswith("[compare] 18 runs, 2 at a time, each in its Ray Tune trial")
+    assert "--trial-engine ray" in engine_line(18, 2, "inline", True)
+    assert engine_line(2, 4, "ray", False) == "[compare] 2 runs, 2 at a time, each a Ray Train run"
+
+
+def test_compare_refuses_overlapped_rounds_in_its_trials_process(tmp_path, tiny_dataset, capsys):
+    cfg = _config(tmp_path, tiny_dataset, method="gblend:online", probes={"overlap": True})
+    assert main(["compare", str(cfg), "--methods", "gblend:online", "--seeds", "1", "--out", str(tmp_path / "c"),
+                 "--trial-engine", "inline"]) == 2
+    assert "probes.overlap" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def test_bad_config_gets_a_clear_error(tmp_path, tiny_dataset, capsys):
     cfg = _config(tmp_path, tiny_dataset, method="uni:depth")
     assert main(["run", str(cfg), "--out", str(tmp_path / "x"), "--inline"]) == 2

@@ -211,7 +211,8 @@ def check_engine(spec: RunSpec, inline: bool) -> None:
     if inline and spec.probes.overlap and spec.method.partition(":")[0] == "gblend":
         raise field_error("probes.overlap", "the in-process engine (--inline) runs each round's probes in its own "
                                             "process, so nothing could train meanwhile: overlapped rounds need the "
-                                            "Ray engine (drop --inline), or set probes.overlap: false")
+                                            "Ray engine (drop --inline; --trial-engine ray), or set probes.overlap: "
+                                            "false")
 
 
 def _check_window(path: str, starts: Any, ends: Any) -> None:
