@@ -75,7 +75,8 @@ def test_compare_on_its_own_local_cluster_trains_one_cpu_worker_runs_in_their_tr
     one = spec()
     assert trial_engine("auto", [one, spec("method=naive")], own_local_cluster=True) == "inline"
     assert trial_engine("auto", [one], own_local_cluster=False) == "ray"  # a cluster it joined
-    for needs_ray in (["trainer.num_workers=2"], ["trainer.use_gpu=true"], ["trainer.use_gpu=true", "probes.resources={GPU: 0.25}"],
+    for needs_ray in (["trainer.num_workers=2"], ["trainer.use_gpu=true"],
+                      ["trainer.use_gpu=true", "probes.resources={GPU: 0.25}"],
                       ["trainer.resources_per_worker={CPU: 1, accel: 1}"], ["probes.overlap=true"]):
         assert trial_engine("auto", [one, spec(*needs_ray)], own_local_cluster=True) == "ray", needs_ray
     assert trial_engine("auto", [spec("probes.overlap=true", "method=naive")], own_local_cluster=True) == "inline"

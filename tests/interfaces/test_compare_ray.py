@@ -48,7 +48,8 @@ def test_concurrent_compare_on_ray_writes_the_summary_of_a_sequential_one(tmp_pa
     assert len(done) == 2 and done[-1].startswith("[compare 2/2: 2 ok, 0 failed]"), shown
     assert any(line.startswith("gblend:online") and "±" in line for line in shown)
     # nothing but the product's lines: counted runs, rounds, the table (no Ray or Tune output)
-    product = re.compile(r"^(\[compare\] 2 runs, |\[compare \d+/2: |\[gblend:online-seed\d\] super-epoch \d+ from epoch "
+    product = re.compile(r"^(\[compare\] 2 runs, |\[compare \d+/2: "
+                         r"|\[gblend:online-seed\d\] super-epoch \d+ from epoch "
                          r"|method |naive |gblend:online |2 methods x 1 seeds? in |$)")
     assert [line for line in shown if not product.match(line)] == [], shown
 
