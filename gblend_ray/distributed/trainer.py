@@ -86,7 +86,7 @@ def resume_state(run: RunDir) -> TrainingState | None:
     Train restores that one, so the workers train (and post) no epoch again, and the
     driver's record of the run must come from it whole."""
     where = run / RAY / RUN_NAME
-    finals = [name for name in where.listdir() if name.endswith("_final") and (where / name / STATE_FILE).is_file()]
+    finals = sorted(n for n in where.listdir() if n.endswith("_final") and (where / n / STATE_FILE).is_file())
     if not finals:
         return latest_state(run)
     with persisted(run, finals[-1]).as_directory() as d:

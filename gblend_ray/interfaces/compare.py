@@ -71,9 +71,6 @@ def prepare_runs(spec: RunSpec, methods: list[str], seeds: list[int], out: str |
             for method in methods for seed in seeds]
 
 
-TRIAL_ENGINES = ("auto", "ray", "inline")
-
-
 def trial_engine(choice: str, specs: list[RunSpec], own_local_cluster: bool) -> str:
     """How a compare's runs train on Ray: ``ray`` (each a Ray Train run with Tune probe
     trials) or ``inline`` (each in its Tune trial's own process, the probes inside it).
@@ -82,8 +79,6 @@ def trial_engine(choice: str, specs: list[RunSpec], own_local_cluster: bool) -> 
     one worker on CPUs alone (probes too) and none overlaps its rounds (``probes.overlap``
     needs probe trials beside the trainer); ``ray`` on any other cluster, for DDP runs and
     for runs that ask for GPUs or custom resources."""
-    if choice not in TRIAL_ENGINES:
-        raise ValueError(f"--trial-engine: expected one of {', '.join(TRIAL_ENGINES)}, got {choice!r}")
     if choice != "auto":
         return choice
     from ..distributed.cluster import probe_resources, trainer_resources

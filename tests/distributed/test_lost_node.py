@@ -100,7 +100,8 @@ def test_a_lost_trainer_node_is_replaced_and_the_run_completes(av_overfit, tmp_p
                 return []
 
         def inside_the_second_super_epoch() -> bool:  # epochs 3-6: killed with three epochs still to train
-            return any(t["epoch"] == 2 for t in trained()) and any(r["epoch"] >= 3 for r in lines(run / "metrics.jsonl"))
+            return (any(t["epoch"] == 2 for t in trained())
+                    and any(r["epoch"] >= 3 for r in lines(run / "metrics.jsonl")))
 
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None and not inside_the_second_super_epoch():
