@@ -28,8 +28,11 @@ The Gradient-Blending splits of a data set (T, V, T', test) are cut in ``splits.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,6 +225,28 @@ def check_new_directory(path: Path, what: str, note: str = "") -> None:
         shown = ", ".join(held[:8]) + (f" and {len(held) - 8} more" if len(held) > 8 else "")
         raise DatasetError(f"{path}: {note}is not empty ({shown}); {what} is only written into a new or empty "
                            "directory: give one, or remove this one first")
+
+
+def write_whole(target: Path, what: str, write: Callable[[Path], Any]) -> Path:
+    """Write a data set (``what``) into the new or empty directory ``target`` whole:
+    ``write`` fills a directory beside it, which then replaces ``target`` in one rename.
+    A failure leaves nothing half-written, and a process that loads ``target`` while
+    another writes it never reads a partial array. Of two processes that write the same
+    ``target`` at once, one rename wins and the other raises (``DatasetError`` or
+    ``OSError``) with ``target`` already whole."""
+    target = Path(target).expanduser().resolve()
+    check_new_directory(target, what)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(scratch / "set")  # made inside the private scratch directory with the user's umask
+        check_new_directory(target, what)  # still new or empty
+        if target.exists():
+            target.rmdir()
+        os.replace(scratch / "set", target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
 
 
 def save_dataset(path: str | Path, modalities: Mapping[str, Any], labels: Any, classes: Sequence[str],

@@ -17,7 +17,7 @@ import torch
 
 from ..core.spec import RunSpec
 from . import realdata
-from .arrays import Dataset, check_new_directory, load_dataset
+from .arrays import Dataset, DatasetError, check_new_directory, load_dataset, write_whole
 from .media.dataset import MediaDataset, load_media_dataset
 from .media.manifest import is_media_path
 from .sources import BatchSource, TensorData
@@ -54,16 +54,23 @@ def ensure_dataset(spec: RunSpec) -> AnyDataset:
         if spec.data.preset and not (path / "meta.yaml").exists():
             check_new_directory(path, f"data.preset {spec.data.preset!r}",
                                 note="has no meta.yaml, so it is not a dataset, but it ")
-            write_preset(spec.data.preset, path, spec.data.preset_seed)
+            try:
+                write_preset(spec.data.preset, path, spec.data.preset_seed)
+            except (DatasetError, OSError):
+                # Processes that each load their data (a Tuner's trials) race to write it; the
+                # one that lost finds the winner's set whole (``write_whole``) and reads it.
+                if not (path / "meta.yaml").is_file():
+                    raise
         dataset = select_modalities(load_dataset(path), spec.data.modalities)
     return dataset
 
 
 def write_preset(name: str, path: Path, seed: int) -> Path:
-    """Write the synthetic preset or the real data set ``name`` to ``path``."""
+    """Write the synthetic preset or the real data set ``name`` to ``path``, whole
+    (``write_whole``)."""
     if name in PRESETS:
         logger.info("writing synthetic preset %r to %s", name, path)
-        return generate_preset(name, path, seed=seed)
+        return write_whole(path, f"data.preset {name!r}", lambda where: generate_preset(name, where, seed=seed))
     if name in realdata.DATASETS:
         logger.info("writing real data set %r to %s", name, path)
         return realdata.make_dataset(name, path, seed=seed)

@@ -42,9 +42,6 @@ import csv
 import importlib.metadata
 import importlib.util
 import io
-import os
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +51,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .arrays import SPLIT_VALUES, DatasetError, check_new_directory, save_dataset
+from .arrays import SPLIT_VALUES, DatasetError, check_new_directory, save_dataset, write_whole
 
 EXTRA_HINT = "pip install -e '.[benchmarks]'"
 """How to install every package the sets read."""
@@ -359,7 +356,7 @@ def make_dataset(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}")
     target = Path(out_dir).expanduser().resolve()
-    check_new_directory(target, f"data set {name!r}")
+    check_new_directory(target, f"data set {name!r}")  # before the package is read
     s = _SETS[name]
     root = _package_dir(name, s.package)
     built = s.build(root, np.random.default_rng(int(seed)))
@@ -373,16 +370,9 @@ def make_dataset(name: str, out_dir: str | Path, seed: int = 0) -> Path:
               "requirement": s.package.requirement, "seed": int(seed), **built.details, "sizes": sizes,
               "preprocessing": "float32, standardised with train-split mean/std (per feature; per channel for "
                                "series)"}
-    # write beside the target and move it in whole, so a failure leaves no half-written set
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        save_dataset(scratch / "set", modalities, built.labels, built.classes, split=built.split, name=name)
-        (scratch / "set" / "source.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
-        check_new_directory(target, f"data set {name!r}")  # still new or empty
-        if target.exists():
-            target.rmdir()
-        os.replace(scratch / "set", target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+
+    def write(where: Path) -> None:
+        save_dataset(where, modalities, built.labels, built.classes, split=built.split, name=name)
+        (where / "source.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
+
+    return write_whole(target, f"data set {name!r}", write)

@@ -1,5 +1,6 @@
 """The G-Blend splits: T, V, T' and test, drawn or from split.npy, and their checks."""
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +194,40 @@ def test_a_preset_is_never_written_over_user_files(tmp_path):
     assert (data / "video.npy").read_bytes() == b"user data" and sorted(p.name for p in data.iterdir()) == ["video.npy"]
     spec.data.path = str(tmp_path / "new")
     assert ensure_dataset(spec).num_classes == 10  # a new directory gets the preset
+
+
+RACER = """
+import hashlib, os, sys, time
+import numpy as np
+from gblend_ray.core.spec import RunSpec
+from gblend_ray.data.loading import ensure_dataset
+spec = RunSpec()
+spec.data.path, spec.data.preset = sys.argv[1], "av-weak-audio"
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+ds = ensure_dataset(spec)
+digest = hashlib.sha256()
+for m in sorted(ds.modalities):
+    digest.update(np.ascontiguousarray(ds.modalities[m]).tobytes())
+digest.update(np.ascontiguousarray(ds.labels).tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_processes_that_race_to_write_a_preset_all_read_it_whole(tmp_path):
+    """A Tuner's trials each load their data: started at once on a new preset directory,
+    every one reads the same whole data set (none a half-written array), and no scratch
+    directory is left beside it."""
+    import subprocess
+    import sys
+
+    data, go = tmp_path / "data" / "av-weak-audio", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(data), str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    time.sleep(3)  # each has imported torch and waits
+    go.touch()
+    done = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in done]
+    assert len({out.strip() for out, _ in done}) == 1
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["av-weak-audio"]
+    assert load_dataset(data).num_classes == 10
